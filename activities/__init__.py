@@ -1,0 +1,41 @@
+"""Every side effect of a deal: ledger writes, documents, e-mail. Each activity is idempotent:
+its writes are keyed by the deal and the step, never by the attempt."""
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+
+from activities.billing import BillingActivities
+from activities.fulfilment import FulfilmentActivities
+from activities.leads import LeadActivities
+from activities.quotes import QuoteActivities
+from activities.revenue import RevenueActivities
+from l2c.config import BusinessRules
+from l2c.mail import Mailer
+
+
+def build_activities(
+    engine: Engine, rules: BusinessRules, mailer: Mailer
+) -> list[Callable[..., Any]]:
+    leads = LeadActivities(engine, rules, mailer)
+    quotes = QuoteActivities(engine, rules)
+    fulfilment = FulfilmentActivities(engine)
+    billing = BillingActivities(engine, mailer)
+    revenue = RevenueActivities(engine)
+    return [
+        leads.load_deal_policy,
+        leads.capture_lead,
+        leads.assess_lead,
+        leads.send_nurture_touch,
+        leads.close_deal,
+        quotes.price_quote,
+        quotes.render_contract,
+        quotes.record_signature,
+        fulfilment.provision_order,
+        billing.issue_invoice,
+        billing.apply_payment,
+        billing.send_dunning_reminder,
+        billing.write_off_deal,
+        revenue.recognize_revenue,
+    ]

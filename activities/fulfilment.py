@@ -1,0 +1,34 @@
+"""Order and provisioning: the order record and the customer's entitlements."""
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+from temporalio import activity
+
+from activities.quotes import quote_id_for
+from models.documents import OrderProvisioned, OrderRequest
+from models.ledger import Entitlement, OrderRecord
+
+
+class FulfilmentActivities:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    @activity.defn
+    def provision_order(self, request: OrderRequest) -> OrderProvisioned:
+        order_id = f"{request.deal_id}-O1"
+        entitlements = {line.sku: line.quantity for line in request.quote.lines}
+        with Session(self._engine) as session:
+            if session.get(OrderRecord, order_id) is None:
+                session.add(
+                    OrderRecord(
+                        order_id=order_id,
+                        deal_id=request.deal_id,
+                        quote_id=quote_id_for(request.deal_id, request.quote.version),
+                        created_at=request.requested_at,
+                    )
+                )
+                session.flush()
+                for sku, quantity in entitlements.items():
+                    session.add(Entitlement(order_id=order_id, sku=sku, quantity=quantity))
+                session.commit()
+        return OrderProvisioned(order_id=order_id, entitlements=entitlements)

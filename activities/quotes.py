@@ -1,0 +1,125 @@
+"""Quote activities: pricing against the price book, the contract document, the signature."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from l2c.config import BusinessRules
+from l2c.documents import render, sha256_hex
+from l2c.pricing import price_quote
+from models.documents import (
+    ContractDocument,
+    ContractRequest,
+    QuotePricing,
+    QuoteRequest,
+    SignatureRecord,
+)
+from models.ledger import ContractRecord, QuoteLineRecord, QuoteRecord
+
+
+def quote_id_for(deal_id: str, version: int) -> str:
+    return f"{deal_id}-Q{version}"
+
+
+class QuoteActivities:
+    def __init__(self, engine: Engine, rules: BusinessRules):
+        self._engine = engine
+        self._rules = rules
+
+    @activity.defn
+    def price_quote(self, request: QuoteRequest) -> QuotePricing:
+        """Price a submitted quote and store it; a refusal is returned, not raised, and stores nothing."""
+        pricing = price_quote(self._rules.catalog, self._rules.approvals, request)
+        quote = pricing.quote
+        if quote is None:
+            return pricing
+        quote_id = quote_id_for(request.deal_id, quote.version)
+        with Session(self._engine) as session:
+            if session.get(QuoteRecord, quote_id) is None:
+                session.add(
+                    QuoteRecord(
+                        quote_id=quote_id,
+                        deal_id=request.deal_id,
+                        version=quote.version,
+                        price_book_version=quote.price_book_version,
+                        currency=quote.currency,
+                        submitted_by=quote.submitted_by,
+                        discount_percent=quote.discount_percent,
+                        term_months=quote.term_months,
+                        billing_period=quote.billing_period,
+                        list_total=quote.list_total,
+                        net_total=quote.net_total,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+                session.flush()
+                for line_no, line in enumerate(quote.lines, start=1):
+                    session.add(
+                        QuoteLineRecord(
+                            quote_id=quote_id,
+                            line_no=line_no,
+                            sku=line.sku,
+                            quantity=line.quantity,
+                            monthly_list=line.monthly_list,
+                            monthly_net=line.monthly_net,
+                            list_amount=line.list_amount,
+                            net_amount=line.net_amount,
+                        )
+                    )
+                session.commit()
+        return pricing
+
+    @activity.defn
+    def render_contract(self, request: ContractRequest) -> ContractDocument:
+        """Render the order form for the quote; the same request always yields the same hash."""
+        version = request.quote.version
+        contract_id = f"{request.deal_id}-C{version}"
+        html = render(
+            "contract.html",
+            contract_id=contract_id,
+            lead=request.lead,
+            quote=request.quote,
+            issued_at=request.issued_at,
+            payment_terms_days=request.payment_terms_days,
+        )
+        digest = sha256_hex(html)
+        with Session(self._engine) as session:
+            existing = session.get(ContractRecord, contract_id)
+            if existing is None:
+                session.add(
+                    ContractRecord(
+                        contract_id=contract_id,
+                        deal_id=request.deal_id,
+                        quote_id=quote_id_for(request.deal_id, version),
+                        version=version,
+                        document_sha256=digest,
+                        html=html,
+                        issued_at=request.issued_at,
+                    )
+                )
+                session.commit()
+            elif existing.document_sha256 != digest:
+                # The template changed between attempts: the stored document is the one that was
+                # (or may have been) sent, so it stays authoritative.
+                digest = existing.document_sha256
+        return ContractDocument(contract_id=contract_id, version=version, document_sha256=digest)
+
+    @activity.defn
+    def record_signature(self, signature: SignatureRecord) -> None:
+        with Session(self._engine) as session:
+            contract = session.get(ContractRecord, signature.contract_id)
+            if contract is None:
+                raise ApplicationError(
+                    f"contract {signature.contract_id} is not in the ledger",
+                    type="LedgerConflict",
+                    non_retryable=True,
+                )
+            if contract.signed_at is None:
+                contract.signed_by = signature.signer_name
+                contract.signer_email = signature.signer_email
+                contract.signed_at = signature.signed_at
+                session.add(contract)
+                session.commit()

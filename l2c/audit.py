@@ -1,0 +1,127 @@
+"""Audit: replay exported histories against today's code, and print a deal's decision timeline."""
+
+import asyncio
+import base64
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from models.state import DealState
+from workflows.deal import DealWorkflow
+
+
+async def replay_files(paths: list[Path]) -> list[tuple[Path, str | None]]:
+    """Replay each history; (path, None) when it replays, else (path, why not)."""
+    replayer = Replayer(workflows=[DealWorkflow], data_converter=pydantic_data_converter)
+    results: list[tuple[Path, str | None]] = []
+    for path in paths:
+        try:
+            history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError) as err:
+            results.append((path, f"not a workflow history JSON: {err}"))
+            continue
+        outcome = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        failure = outcome.replay_failure
+        results.append((path, None if failure is None else f"{type(failure).__name__}: {failure}"))
+    return results
+
+
+def _decode(payloads: Any) -> Any:
+    values = [json.loads(p.data or b"null") for p in payloads.payloads]
+    return values[0] if len(values) == 1 else values
+
+
+async def decision_timeline(
+    client: Client, workflow_id: str
+) -> list[tuple[datetime, str, str, str]]:
+    """(when, what, who, detail) for every human decision and every side effect of a deal."""
+    rows: list[tuple[datetime, str, str, str]] = []
+    activity_names: dict[int, str] = {}
+    final_state: DealState | None = None
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        at = event.event_time.ToDatetime().replace(tzinfo=None)
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            lead = _decode(event.workflow_execution_started_event_attributes.input)
+            rows.append(
+                (
+                    at,
+                    "deal started",
+                    event.workflow_execution_started_event_attributes.identity,
+                    json.dumps(lead),
+                )
+            )
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            attrs = event.workflow_execution_signaled_event_attributes
+            payload = _decode(attrs.input) if attrs.input.payloads else None
+            actor = "unknown"
+            if isinstance(payload, dict):
+                actor = next(
+                    (
+                        str(payload[k])
+                        for k in ("approver", "submitted_by", "signer_name", "recorded_by", "by")
+                        if k in payload
+                    ),
+                    attrs.identity,
+                )
+            rows.append((at, f"signal {attrs.signal_name}", actor, json.dumps(payload)))
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            activity_names[event.event_id] = (
+                event.activity_task_scheduled_event_attributes.activity_type.name
+            )
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            attrs = event.activity_task_completed_event_attributes
+            rows.append(
+                (at, f"activity {activity_names.get(attrs.scheduled_event_id, '?')}", "worker", "")
+            )
+        elif kind == EventType.EVENT_TYPE_TIMER_FIRED:
+            rows.append(
+                (at, "timer fired", "temporal", event.timer_fired_event_attributes.timer_id)
+            )
+        elif kind == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+            fields = MessageToDict(
+                event.upsert_workflow_search_attributes_event_attributes.search_attributes
+            )
+            stage = fields.get("indexedFields", {}).get("DealStage")
+            if stage is not None:
+                rows.append((at, "stage", "workflow", json.loads(base64.b64decode(stage["data"]))))
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+            result = event.workflow_execution_completed_event_attributes.result
+            final_state = DealState.model_validate(_decode(result))
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
+            rows.append(
+                (
+                    at,
+                    "deal failed",
+                    "workflow",
+                    event.workflow_execution_failed_event_attributes.failure.message,
+                )
+            )
+    if final_state is None:
+        try:  # a running deal answers the query when a worker is up; the history alone still stands
+            final_state = await asyncio.wait_for(
+                client.get_workflow_handle(workflow_id).query("state", result_type=DealState),
+                timeout=5,
+            )
+        except Exception:
+            final_state = None
+    if final_state is not None:
+        # The deal's own record of each decision, refusals included, with who and why.
+        for deal_event in final_state.events:
+            rows.append(
+                (
+                    deal_event.at.replace(tzinfo=None),
+                    f"decision {deal_event.kind}",
+                    deal_event.actor,
+                    deal_event.detail,
+                )
+            )
+    rows.sort(key=lambda row: row[0])
+    return rows

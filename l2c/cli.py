@@ -1,0 +1,278 @@
+"""`l2c`: run the embedded server, the worker, start deals, run the demo, audit deals."""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from l2c.config import ConfigError, Settings, load_business_rules
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"l2c: {message}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------- server
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from l2c.server import server_command
+
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = server_command(data_dir, args.port, args.ui_port, headless=args.headless)
+    print(
+        f"Temporal dev server on 127.0.0.1:{args.port}, Web UI http://127.0.0.1:{args.ui_port}, data in {data_dir}"
+    )
+    os.execv(command[0], command)  # the server is the process: Ctrl-C and signals reach it directly
+
+
+# ---------------------------------------------------------------- worker
+
+
+async def _run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    from l2c.runtime import build_worker, connect, open_ledger
+
+    rules = load_business_rules(settings.config_dir)
+    engine = open_ledger(settings)
+    client = await connect(settings)
+    worker = build_worker(client, engine, rules, settings)
+    print(
+        f"worker on task queue {settings.task_queue!r} at {settings.temporal_address}, ledger {engine.url!r}"
+    )
+    async with worker:
+        await stop.wait()
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def cmd_worker(_args: argparse.Namespace) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await _run_worker(Settings.from_env(), stop)
+
+    asyncio.run(main())
+    return 0
+
+
+# ---------------------------------------------------------------- start
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from l2c.leads_io import parse_lead, read_leads
+
+    if args.demo:
+        from l2c.demo import DEMO_LEADS
+
+        leads, errors = list(DEMO_LEADS), []
+    elif args.lead is not None:
+        try:
+            leads, errors = [parse_lead(json.loads(args.lead))], []
+        except json.JSONDecodeError as err:
+            return _fail(f"--lead is not JSON: {err.msg}")
+        except ValueError as err:
+            return _fail(f"lead refused: {err}")
+    else:
+        leads, errors = read_leads(Path(args.file))
+    for error in errors:
+        print(f"refused {error}", file=sys.stderr)
+
+    async def main() -> None:
+        from l2c.runtime import connect, start_deal
+
+        settings = Settings.from_env()
+        client = await connect(settings)
+        for lead in leads:
+            handle, created = await start_deal(client, lead, settings.task_queue)
+            print(f"{'started' if created else 'exists '} {handle.id}")
+
+    if leads:
+        asyncio.run(main())
+    return 1 if errors else 0
+
+
+# ---------------------------------------------------------------- dev
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from l2c.server import start_server
+
+    data_dir = Path(args.data_dir)
+    rules_check = load_business_rules(
+        Settings.from_env().config_dir
+    )  # fail fast on a config mistake
+    del rules_check
+    server = start_server(data_dir, args.port, args.ui_port)
+    try:
+        asyncio.run(_dev(args, data_dir))
+    finally:
+        server.terminate()
+        with contextlib.suppress(Exception):
+            server.wait(timeout=15)
+    return 0
+
+
+async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
+    from l2c.demo import start_demo_deals
+    from l2c.mailcatcher import MailCatcher
+    from l2c.runtime import connect
+
+    catcher = MailCatcher(data_dir / "mailbox", port=args.smtp_port)
+    catcher.start()
+    settings = Settings.from_env().model_copy(
+        update={
+            "temporal_address": f"127.0.0.1:{args.port}",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": args.smtp_port,
+            "data_dir": data_dir,
+        }
+    )
+    if not os.environ.get("L2C_DATABASE_URL"):
+        settings = settings.model_copy(
+            update={"database_url": f"sqlite:///{data_dir / 'ledger.db'}"}
+        )
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    worker = asyncio.create_task(_run_worker(settings, stop))
+    try:
+        client = await connect(settings)
+        deals = await start_demo_deals(client, settings.task_queue)
+        ui = f"http://127.0.0.1:{args.ui_port}/namespaces/{settings.namespace}/workflows"
+        print(_DEV_BANNER.format(ui=ui, deals=", ".join(deals), address=settings.temporal_address,
+                                 mailbox=data_dir / "mailbox", ledger=settings.database_url))  # fmt: skip
+        await worker
+    finally:
+        stop.set()
+        catcher.stop()
+
+
+_DEV_BANNER = """
+Lead-to-cash is running.
+  Web UI:   {ui}
+  Deals:    {deals}
+  Ledger:   {ledger}
+  E-mail:   {mailbox} (local mail catcher)
+
+Try, in another terminal (TEMPORAL_ADDRESS={address}):
+  temporal workflow query  --workflow-id deal-L-1001 --type state
+  temporal workflow signal --workflow-id deal-L-1001 --name approve_discount \\
+      --input '{{"approver": "mia.manager", "comment": "strategic logo"}}'
+  temporal workflow query  --workflow-id deal-L-1001 --type state   # copy contract.document_sha256
+  temporal workflow signal --workflow-id deal-L-1001 --name sign_contract \\
+      --input '{{"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example", "document_sha256": "<sha256>"}}'
+Ctrl-C stops the worker and the server; deals continue on the next `l2c dev`.
+"""
+
+
+# ---------------------------------------------------------------- audit
+
+
+def cmd_audit_replay(args: argparse.Namespace) -> int:
+    from l2c.audit import replay_files
+
+    paths = [Path(p) for p in args.histories]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return _fail(f"no such history file: {', '.join(missing)}")
+    results = asyncio.run(replay_files(paths))
+    failed = 0
+    for path, problem in results:
+        print(
+            f"{'ok    ' if problem is None else 'FAILED'} {path}{'' if problem is None else ': ' + problem}"
+        )
+        failed += problem is not None
+    print(f"{len(results) - failed} replayed, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    from temporalio.service import RPCError
+
+    from l2c.audit import decision_timeline
+    from l2c.runtime import connect
+
+    async def main() -> list[tuple[object, str, str, str]]:
+        client = await connect(Settings.from_env())
+        return list(await decision_timeline(client, args.workflow_id))
+
+    try:
+        rows = asyncio.run(main())
+    except RPCError as err:
+        return _fail(f"{args.workflow_id}: {err.message}")
+    print(f"Decision timeline of {args.workflow_id} (UTC)")
+    for at, what, who, detail in rows:
+        print(f"{at:%Y-%m-%d %H:%M:%S}  {what:<34} {who:<18} {detail}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l2c", description="Lead-to-cash on Temporal")
+    sub = parser.add_subparsers(dest="command", required=True)
+    data_default = str(Settings.from_env().data_dir)
+
+    server = sub.add_parser(
+        "server", help="run the embedded Temporal dev server (SQLite, WAL, Web UI)"
+    )
+    server.add_argument("--port", type=int, default=7233)
+    server.add_argument("--ui-port", type=int, default=8233)
+    server.add_argument("--data-dir", default=data_default)
+    server.add_argument("--headless", action="store_true", help="no Web UI")
+    server.set_defaults(func=cmd_server)
+
+    worker = sub.add_parser("worker", help="run the worker on task queue lead-to-cash")
+    worker.set_defaults(func=cmd_worker)
+
+    start = sub.add_parser(
+        "start", help="start deals: one lead, a JSON/JSONL/CSV file, or the demo leads"
+    )
+    source = start.add_mutually_exclusive_group(required=True)
+    source.add_argument("--lead", help="one lead as a JSON object")
+    source.add_argument("--file", help="leads as .json (object or list), .jsonl or .csv")
+    source.add_argument("--demo", action="store_true", help="the demo leads")
+    start.set_defaults(func=cmd_start)
+
+    dev = sub.add_parser("dev", help="server + worker + mail catcher + demo deals, until Ctrl-C")
+    dev.add_argument("--port", type=int, default=7233)
+    dev.add_argument("--ui-port", type=int, default=8233)
+    dev.add_argument("--smtp-port", type=int, default=8025)
+    dev.add_argument("--data-dir", default=data_default)
+    dev.set_defaults(func=cmd_dev)
+
+    audit = sub.add_parser("audit", help="replay histories, report a deal's decisions")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    replay = audit_sub.add_parser(
+        "replay", help="replay exported histories (temporal workflow show --output json)"
+    )
+    replay.add_argument("histories", nargs="+")
+    replay.set_defaults(func=cmd_audit_replay)
+    report = audit_sub.add_parser("report", help="a deal's decision timeline")
+    report.add_argument("workflow_id")
+    report.set_defaults(func=cmd_audit_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        return _fail(f"configuration error: {err}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Configuration: process settings from the environment, business rules from files in config/.
+
+Both are validated at start-up; a mistake is reported with the file and the field, and the
+worker refuses to start rather than run deals on a rule it misread.
+"""
+
+import os
+import tomllib
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.deal import TASK_QUEUE, DealPolicy
+from models.validation import explain
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A configuration file or setting that cannot be used, with the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- catalog
+
+
+class Tier(_Strict):
+    up_to: int | None = Field(default=None, gt=0)
+    prices: dict[str, Decimal]
+
+
+class Product(_Strict):
+    sku: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    name: str
+    kind: Literal["recurring", "one_time", "usage"]
+    unit: str
+    prices: dict[str, Decimal] = Field(default_factory=dict)
+    tiers: list[Tier] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _priced(self) -> "Product":
+        if self.kind == "usage":
+            if not self.tiers:
+                raise ValueError(f"{self.sku}: a usage product needs tiers")
+            bounds = [tier.up_to for tier in self.tiers]
+            if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
+                raise ValueError(f"{self.sku}: only the last tier may (and must) have no up_to")
+            limits = [b for b in bounds if b is not None]
+            if limits != sorted(set(limits)):
+                raise ValueError(f"{self.sku}: tier up_to values must increase")
+            currencies = {frozenset(tier.prices) for tier in self.tiers}
+            if len(currencies) != 1:
+                raise ValueError(f"{self.sku}: every tier must be priced in the same currencies")
+        elif not self.prices or self.tiers:
+            raise ValueError(f"{self.sku}: a {self.kind} product needs prices and no tiers")
+        for price in [*self.prices.values(), *(p for t in self.tiers for p in t.prices.values())]:
+            if price < 0 or price != price.quantize(Decimal("0.0001")):
+                raise ValueError(f"{self.sku}: prices must be >= 0 with at most 4 decimals")
+        return self
+
+    def currencies(self) -> set[str]:
+        return set(self.tiers[0].prices) if self.tiers else set(self.prices)
+
+
+class Catalog(_Strict):
+    version: str
+    products: list[Product]
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Catalog":
+        skus = [p.sku for p in self.products]
+        if len(skus) != len(set(skus)):
+            raise ValueError("a SKU is listed twice")
+        return self
+
+    @cached_property
+    def by_sku(self) -> dict[str, Product]:
+        return {p.sku: p for p in self.products}
+
+
+# ---------------------------------------------------------------- approvals
+
+
+class Role(_Strict):
+    name: str
+    max_discount_percent: Decimal = Field(gt=0, le=100)
+
+
+class Approver(_Strict):
+    name: str
+    role: str
+    email: str
+
+
+class ApprovalMatrix(_Strict):
+    auto_approve_max_percent: Decimal = Field(ge=0, le=100)
+    roles: list[Role] = Field(min_length=1)
+    approvers: list[Approver]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ApprovalMatrix":
+        names = [r.name for r in self.roles]
+        if len(names) != len(set(names)):
+            raise ValueError("a role is listed twice")
+        limits = [r.max_discount_percent for r in self.roles]
+        if limits != sorted(limits) or len(set(limits)) != len(limits):
+            raise ValueError("roles must be listed from the lowest discount limit to the highest")
+        if limits[0] <= self.auto_approve_max_percent:
+            raise ValueError("every role's limit must be above auto_approve_max_percent")
+        for approver in self.approvers:
+            if approver.role not in names:
+                raise ValueError(f"approver {approver.name} has unknown role {approver.role!r}")
+        people = [a.name for a in self.approvers]
+        if len(people) != len(set(people)):
+            raise ValueError("an approver is listed twice")
+        return self
+
+    def role_limit(self, role: str) -> Decimal:
+        return next(r.max_discount_percent for r in self.roles if r.name == role)
+
+
+# ---------------------------------------------------------------- policy
+
+
+class EmployeeBand(_Strict):
+    min: int = Field(ge=1)
+    points: int
+
+
+class ScoringConfig(_Strict):
+    qualify_at: int = Field(ge=0, le=1000)
+    employee_bands: list[EmployeeBand]
+    source_points: dict[str, int]
+    other_source_points: int
+    target_countries: list[str]
+    target_country_points: int
+    corporate_email_points: int
+    free_email_domains: list[str]
+
+
+class EngagementConfig(_Strict):
+    points: dict[str, int]
+
+
+class NurtureConfig(_Strict):
+    cadence_days: int = Field(ge=1)
+    give_up_after_days: int = Field(ge=1)
+
+
+class RoutingRule(_Strict):
+    owner: str
+    countries: list[str] = Field(default_factory=list)
+    min_employees: int = 0
+
+
+class RoutingConfig(_Strict):
+    default_owner: str
+    rules: list[RoutingRule]
+
+
+class BillingConfig(_Strict):
+    payment_terms_days: int = Field(ge=0, le=365)
+
+
+class DunningConfig(_Strict):
+    reminder_days_after_due: list[int] = Field(min_length=1)
+    write_off_days_after_due: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DunningConfig":
+        days = self.reminder_days_after_due
+        if days != sorted(set(days)) or days[0] < 0:
+            raise ValueError("reminder_days_after_due must be increasing and not negative")
+        if self.write_off_days_after_due <= days[-1]:
+            raise ValueError("write_off_days_after_due must come after the last reminder")
+        return self
+
+
+class PolicyConfig(_Strict):
+    scoring: ScoringConfig
+    engagement: EngagementConfig
+    nurture: NurtureConfig
+    routing: RoutingConfig
+    billing: BillingConfig
+    dunning: DunningConfig
+
+    def deal_policy(self) -> DealPolicy:
+        return DealPolicy(
+            qualify_at=self.scoring.qualify_at,
+            engagement_points=dict(self.engagement.points),
+            nurture_cadence_days=self.nurture.cadence_days,
+            nurture_give_up_after_days=self.nurture.give_up_after_days,
+            payment_terms_days=self.billing.payment_terms_days,
+            reminder_days_after_due=list(self.dunning.reminder_days_after_due),
+            write_off_days_after_due=self.dunning.write_off_days_after_due,
+        )
+
+
+class BusinessRules(BaseModel):
+    catalog: Catalog
+    approvals: ApprovalMatrix
+    policy: PolicyConfig
+
+
+def _load_toml(path: Path, model: type[BaseModel]) -> Any:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {explain(err)}") from None
+
+
+def load_business_rules(config_dir: Path | None = None) -> BusinessRules:
+    folder = config_dir or Settings.from_env().config_dir
+    return BusinessRules(
+        catalog=_load_toml(folder / "catalog.toml", Catalog),
+        approvals=_load_toml(folder / "approvers.toml", ApprovalMatrix),
+        policy=_load_toml(folder / "policy.toml", PolicyConfig),
+    )
+
+
+# ---------------------------------------------------------------- process settings
+
+
+class Settings(BaseModel):
+    temporal_address: str = "localhost:7233"
+    namespace: str = "default"
+    task_queue: str = TASK_QUEUE
+    data_dir: Path = PROJECT_ROOT / "data"
+    config_dir: Path = PROJECT_ROOT / "config"
+    database_url: str = ""
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    mail_from: str = "billing@seller.example"
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ
+        data_dir = Path(env.get("L2C_DATA_DIR", PROJECT_ROOT / "data"))
+        try:
+            return cls(
+                temporal_address=env.get("TEMPORAL_ADDRESS", "localhost:7233"),
+                namespace=env.get("TEMPORAL_NAMESPACE", "default"),
+                data_dir=data_dir,
+                config_dir=Path(env.get("L2C_CONFIG_DIR", PROJECT_ROOT / "config")),
+                database_url=env.get("L2C_DATABASE_URL") or f"sqlite:///{data_dir / 'ledger.db'}",
+                smtp_host=env.get("L2C_SMTP_HOST") or None,
+                smtp_port=int(env.get("L2C_SMTP_PORT", "25")),
+                mail_from=env.get("L2C_MAIL_FROM", "billing@seller.example"),
+            )
+        except (ValueError, ValidationError) as err:
+            raise ConfigError(f"environment: {err}") from None

@@ -1,0 +1,62 @@
+"""The ledger's database engine: SQLite by default (WAL, serialized writers), PostgreSQL supported."""
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlmodel import Session, SQLModel
+
+import models.ledger as ledger_tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from models.ledger import NumberSeries
+
+INVOICE_SERIES = "INV"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the driver, open transactions, so that every one of them can
+            # start as BEGIN IMMEDIATE below.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection: Any) -> None:
+            # Take the write lock at the start: two writers never both read then both write, so
+            # number allocation stays gap-free and duplicate checks stay true.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def init_ledger(engine: Engine) -> None:
+    """Create missing tables and number series; safe to call on every start."""
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        if session.get(NumberSeries, INVOICE_SERIES) is None:
+            session.add(NumberSeries(name=INVOICE_SERIES, next_value=1))
+            session.commit()
+
+
+def take_next_number(session: Session, series: str) -> int:
+    """Take the next number of a series inside the caller's transaction (rolled back with it)."""
+    row = session.execute(
+        text(
+            "UPDATE number_series SET next_value = next_value + 1 WHERE name = :name "
+            "RETURNING next_value - 1"
+        ),
+        {"name": series},
+    ).scalar_one()
+    return int(row)

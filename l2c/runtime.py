@@ -1,0 +1,81 @@
+"""Connecting to Temporal, building the worker, starting deals: shared by the CLI, tests and bench."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import Engine
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.worker import Worker
+
+from activities import build_activities
+from l2c.config import BusinessRules, Settings
+from l2c.db import init_ledger, make_engine
+from l2c.mail import Mailer
+from models.deal import WORKFLOW_TYPE, LeadInput, Stage, workflow_id_for
+from models.search import DEAL_STAGE
+from models.state import DealState
+from workflows.deal import DealWorkflow
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def open_ledger(settings: Settings) -> Engine:
+    engine = make_engine(settings.database_url)
+    init_ledger(engine)
+    return engine
+
+
+def build_worker(
+    client: Client,
+    engine: Engine,
+    rules: BusinessRules,
+    settings: Settings,
+    task_queue: str | None = None,
+) -> Worker:
+    mailer = Mailer(engine, settings.smtp_host, settings.smtp_port, settings.mail_from)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[DealWorkflow],
+        activities=build_activities(engine, rules, mailer),
+        # Ledger activities are synchronous SQLAlchemy code: they run on threads.
+        activity_executor=ThreadPoolExecutor(max_workers=16),
+        max_concurrent_activities=16,
+    )
+
+
+async def start_deal(
+    client: Client, lead: LeadInput, task_queue: str
+) -> tuple[WorkflowHandle[DealWorkflow, DealState], bool]:
+    """Start the deal of a lead; (handle, False) when the lead already has one, open or closed."""
+    workflow_id = workflow_id_for(lead.lead_id)
+    try:
+        handle: WorkflowHandle[DealWorkflow, DealState] = await client.start_workflow(
+            WORKFLOW_TYPE,
+            lead,
+            id=workflow_id,
+            task_queue=task_queue,
+            result_type=DealState,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(DEAL_STAGE, Stage.NEW.value)]
+            ),
+            static_summary=f"{lead.company} ({lead.country}), lead {lead.lead_id}",
+        )
+        return handle, True
+    except WorkflowAlreadyStartedError:
+        return client.get_workflow_handle(workflow_id, result_type=DealState), False

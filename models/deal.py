@@ -1,0 +1,93 @@
+"""The deal's input, its stages and the policy snapshot it runs under."""
+
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.money import CurrencyCode
+
+TASK_QUEUE = "lead-to-cash"
+WORKFLOW_TYPE = "DealWorkflow"
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+
+
+def workflow_id_for(lead_id: str) -> str:
+    """One deal per lead: the workflow id is derived from the lead id, never random."""
+    return f"deal-{lead_id}"
+
+
+def normalize_email(value: str) -> str:
+    value = value.strip()
+    if not _EMAIL.match(value):
+        raise ValueError("is not a valid e-mail address")
+    local, domain = value.rsplit("@", 1)
+    return f"{local}@{domain.lower()}"
+
+
+class Stage(StrEnum):
+    NEW = "new"
+    NURTURING = "nurturing"
+    QUALIFIED = "qualified"
+    AWAITING_APPROVAL = "awaiting_approval"
+    AWAITING_SIGNATURE = "awaiting_signature"
+    FULFILLING = "fulfilling"
+    ACTIVE = "active"
+    WON = "won"
+    LOST = "lost"
+    DISQUALIFIED = "disqualified"
+    WRITTEN_OFF = "written_off"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (Stage.WON, Stage.LOST, Stage.DISQUALIFIED, Stage.WRITTEN_OFF)
+
+
+class LeadInput(BaseModel):
+    """What an upstream system sends to start a deal. Extra fields are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+
+    lead_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    company: str = Field(min_length=1, max_length=200)
+    contact_name: str = Field(min_length=1, max_length=200)
+    contact_email: str = Field(min_length=3, max_length=254)
+    source: str = Field(default="unknown", min_length=1, max_length=40)
+    country: str = Field(min_length=2, max_length=2)
+    employees: int | None = Field(default=None, ge=1, le=10_000_000)
+    currency: CurrencyCode = "USD"
+
+    @field_validator("contact_email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        return normalize_email(value)
+
+    @field_validator("country", "currency", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("country")
+    @classmethod
+    def _alpha2(cls, value: str) -> str:
+        if not value.isalpha():
+            raise ValueError("must be an ISO 3166 alpha-2 country code such as US")
+        return value
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class DealPolicy(BaseModel):
+    """The timing and scoring rules a deal runs under, snapshotted from configuration at its start."""
+
+    qualify_at: int
+    engagement_points: dict[str, int]
+    nurture_cadence_days: int
+    nurture_give_up_after_days: int
+    payment_terms_days: int
+    reminder_days_after_due: list[int]
+    write_off_days_after_due: int

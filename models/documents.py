@@ -1,0 +1,201 @@
+"""Documents passed between the workflow and its activities: quotes, contracts, invoices, postings.
+
+Each activity takes one of these and returns one, so the workflow history shows exactly what was
+asked and what came back.
+"""
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel
+
+from models.deal import LeadInput
+from models.signals import BillingPeriod, SubmitQuote
+
+ProductKind = Literal["recurring", "one_time", "usage"]
+
+
+class LeadAssessment(BaseModel):
+    score: int
+    owner: str
+    breakdown: dict[str, int]  # feature -> points, so a person can see why the score is what it is
+
+
+class PricedLine(BaseModel):
+    sku: str
+    name: str
+    kind: ProductKind
+    unit: str
+    quantity: int
+    monthly_list: Decimal | None  # recurring and usage lines: list price of one month
+    monthly_net: Decimal | None  # ... after discount, rounded to cents: what each month bills
+    list_amount: Decimal  # over the whole term
+    net_amount: Decimal  # over the whole term
+
+
+class InvoiceLinePlan(BaseModel):
+    sku: str
+    description: str
+    quantity: int
+    unit_price: Decimal
+    amount: Decimal
+
+
+class BillingPeriodPlan(BaseModel):
+    index: int  # 0-based; also the invoice's natural key within the deal
+    start_month: int  # months after activation
+    months: int
+    lines: list[InvoiceLinePlan]
+    amount: Decimal
+
+
+class Quote(BaseModel):
+    version: int
+    price_book_version: str
+    currency: str
+    submitted_by: str
+    discount_percent: Decimal
+    term_months: int
+    billing_period: BillingPeriod
+    lines: list[PricedLine]
+    list_total: Decimal
+    net_total: Decimal
+    monthly_recurring_net: Decimal  # recognized ratably, one month at a time
+    one_time_net: Decimal  # recognized at a point in time, when provisioning completes
+    billing_plan: list[BillingPeriodPlan]
+
+
+class ApprovalRequirement(BaseModel):
+    required_role: str  # the lowest role whose limit covers the discount
+    role_limit_percent: Decimal
+    eligible_approvers: list[str]  # everybody with enough authority, the submitter excluded
+
+
+class QuoteRequest(BaseModel):
+    deal_id: str
+    version: int
+    currency: str
+    submission: SubmitQuote
+
+
+class QuotePricing(BaseModel):
+    """Either a priced quote (with the approval it needs, if any) or the reason it was refused."""
+
+    quote: Quote | None = None
+    approval: ApprovalRequirement | None = None
+    refusal: str | None = None
+
+
+class ContractRequest(BaseModel):
+    deal_id: str
+    lead: LeadInput
+    quote: Quote
+    issued_at: datetime
+    payment_terms_days: int
+
+
+class ContractDocument(BaseModel):
+    contract_id: str
+    version: int
+    document_sha256: str
+
+
+class SignatureRecord(BaseModel):
+    deal_id: str
+    contract_id: str
+    signer_name: str
+    signer_email: str
+    signed_at: datetime
+
+
+class OrderRequest(BaseModel):
+    deal_id: str
+    quote: Quote
+    requested_at: datetime
+
+
+class OrderProvisioned(BaseModel):
+    order_id: str
+    entitlements: dict[str, int]
+
+
+class InvoiceRequest(BaseModel):
+    deal_id: str
+    lead: LeadInput
+    period: BillingPeriodPlan
+    currency: str
+    issued_on: date
+    due_date: date
+    service_from: date
+    service_to: date
+
+
+class IssuedInvoice(BaseModel):
+    number: str
+    amount: Decimal
+    currency: str
+    issued_on: date
+    due_date: date
+
+
+class PaymentRecord(BaseModel):
+    deal_id: str
+    invoice_number: str
+    amount: Decimal
+    currency: str
+    reference: str
+    recorded_by: str
+    received_at: datetime
+
+
+class DunningNotice(BaseModel):
+    deal_id: str
+    lead: LeadInput
+    invoice_number: str
+    amount_due: Decimal
+    currency: str
+    due_date: date
+    level: int  # 1-based
+    final_level: int
+    days_overdue: int
+    write_off_on: date
+
+
+class NurtureTouch(BaseModel):
+    deal_id: str
+    lead: LeadInput
+    touch_number: int
+    score: int
+
+
+class RevenueRecognition(BaseModel):
+    deal_id: str
+    key: str  # natural key of the posting within the deal, e.g. "month-3" or "onboarding"
+    stream: Literal["subscription", "services"]
+    amount: Decimal
+    currency: str
+    recognized_at: datetime
+    memo: str
+
+
+class WriteOffRequest(BaseModel):
+    deal_id: str
+    currency: str
+    written_off_at: datetime
+    reason: str
+
+
+class WriteOffResult(BaseModel):
+    invoice_numbers: list[str]
+    bad_debt: Decimal  # unpaid and already recognized: an expense
+    reversed_deferred: Decimal  # unpaid and never delivered: the billing is reversed
+
+
+class DealClosing(BaseModel):
+    deal_id: str
+    lead_id: str
+    stage: str
+    score: int
+    reason: str
+    closed_at: datetime

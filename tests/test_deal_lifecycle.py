@@ -1,0 +1,396 @@
+"""The deal from lead to cash on the time-skipping server, driven by signals as ops staff would."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from l2c.config import Settings
+from l2c.journal import (
+    ACCOUNTS_RECEIVABLE,
+    BAD_DEBT_EXPENSE,
+    CASH,
+    DEFERRED_REVENUE,
+    REVENUE_SERVICES,
+    REVENUE_SUBSCRIPTION,
+)
+from l2c.mailcatcher import MailCatcher
+from l2c.runtime import start_deal
+from models.deal import Stage
+from models.ledger import InvoiceRecord, Lead, OutboxEmail, PaymentRecordRow
+from models.money import ZERO
+from tests.helpers import (
+    account_balances,
+    advance_until,
+    make_lead,
+    quote_to_signature,
+    refused_after,
+    sign,
+    signal,
+    start,
+    state_of,
+    wait_for_stage,
+    wait_until,
+)
+
+
+async def test_twelve_month_monthly_subscription_from_lead_to_won(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    state = await wait_for_stage(handle, Stage.QUALIFIED)
+    assert state.score == 70 and state.owner == "nora.na"
+    assert state.score_breakdown == {
+        "company_size": 25,
+        "source": 10,
+        "target_country": 15,
+        "corporate_email": 20,
+    }
+
+    await signal(handle, "submit_quote", {
+        "submitted_by": "nora.na", "discount_percent": "15", "term_months": 12, "billing_period": "monthly",
+        "lines": [{"sku": "PLATFORM", "quantity": 25}, {"sku": "ONBOARDING", "quantity": 1},
+                  {"sku": "API_CALLS", "quantity": 150}]})  # fmt: skip
+    state = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    assert state.pending_approval is not None
+    assert state.pending_approval.required_role == "manager"
+    assert state.pending_approval.eligible_approvers == ["mia.manager", "victor.vp", "carla.cfo"]
+    quote = state.quote
+    assert quote is not None
+    # 25 seats x 50 = 1250/month; API: 100 x 2.00 + 50 x 1.50 = 275/month; onboarding 2500 once.
+    assert quote.list_total == Decimal("1525.00") * 12 + Decimal("2500.00")
+    assert quote.monthly_recurring_net == Decimal("1296.25")  # 1525 x 0.85
+    assert quote.net_total == Decimal("1296.25") * 12 + Decimal("2125.00")
+
+    await signal(handle, "approve_discount", {"approver": "mia.manager", "comment": "new logo"})
+    state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    await sign(handle, state)
+    state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) == 1)
+    assert state.contract is not None and state.contract.signed_by == "Ada Lovelace"
+    assert state.invoices[0].amount == Decimal("1296.25") + Decimal("2125.00")
+
+    for number in range(12):
+        state = await advance_until(ts_env, handle, lambda s, n=number: len(s.invoices) > n)
+        invoice = state.invoices[number]
+        await signal(handle, "record_payment", {"invoice_number": invoice.number, "amount": str(invoice.amount),
+                                               "reference": f"BANK-{number}"})  # fmt: skip
+        await wait_until(handle, lambda s, n=number: s.invoices[n].status == "paid")
+
+    final = await handle.result()
+    assert final.stage == Stage.WON
+    assert final.balance_due == ZERO
+    assert final.revenue_recognized == quote.net_total
+    numbers = [i.number for i in final.invoices]
+    assert len(numbers) == len(set(numbers)) == 12
+    assert sum((i.amount for i in final.invoices), ZERO) == quote.net_total
+    assert [e.kind for e in final.events if e.kind.startswith("refused")] == []
+
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[CASH] == quote.net_total
+    assert balances[ACCOUNTS_RECEIVABLE] == ZERO
+    assert balances[DEFERRED_REVENUE] == ZERO
+    assert -balances[REVENUE_SUBSCRIPTION] == Decimal("1296.25") * 12
+    assert -balances[REVENUE_SERVICES] == Decimal("2125.00")
+    with Session(sqlite_ledger) as session:
+        lead = session.exec(select(Lead).where(Lead.deal_id == handle.id)).one()
+        assert lead.status == "won"
+        assert (
+            len(session.exec(select(InvoiceRecord).where(InvoiceRecord.deal_id == handle.id)).all())
+            == 12
+        )
+
+
+async def test_nurtured_lead_qualifies_on_engagement(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, mailbox: MailCatcher
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue, contact_email="pat@gmail.com",
+                         employees=4, country="BR")  # fmt: skip
+    state = await wait_for_stage(handle, Stage.NURTURING)
+    assert state.score == 15
+    await wait_until(handle, lambda s: any(e.kind == "nurture_touch" for e in s.events))
+    reason = await refused_after(handle, "log_engagement", {"kind": "rumour"})
+    assert "unknown engagement kind 'rumour'" in reason
+    await signal(handle, "log_engagement", {"kind": "demo_request"})
+    await signal(handle, "log_engagement", {"kind": "pricing_page"})
+    state = await wait_for_stage(handle, Stage.QUALIFIED)
+    assert state.score == 75
+    assert len(mailbox.messages) == 1
+    assert mailbox.messages[0]["To"] == "pat@gmail.com"
+
+
+async def test_nurtured_lead_without_engagement_is_disqualified(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, mailbox: MailCatcher, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue, contact_email="pat@gmail.com",
+                         employees=4, country="BR")  # fmt: skip
+    final = await handle.result()
+    assert final.stage == Stage.DISQUALIFIED
+    touches = [e for e in final.events if e.kind == "nurture_touch"]
+    assert len(touches) == 13  # every 7 days within 90 days: days 0, 7, ..., 84
+    assert (final.events[-1].at - final.events[0].at) >= timedelta(days=90)
+    with Session(sqlite_ledger) as session:
+        assert len(session.exec(select(OutboxEmail)).all()) == 13
+    assert len(mailbox.messages) == 13
+
+
+async def test_discount_approval_refused_then_rejected_then_requoted(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    await signal(handle, "submit_quote", {"submitted_by": "victor.vp", "discount_percent": "30",
+                                          "lines": [{"sku": "PLATFORM", "quantity": 40}]})  # fmt: skip
+    state = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    assert state.pending_approval is not None
+    assert state.pending_approval.required_role == "vp_sales"
+    assert state.pending_approval.eligible_approvers == ["carla.cfo"]  # the submitter is excluded
+
+    assert "no authority" in await refused_after(
+        handle, "approve_discount", {"approver": "mia.manager"}
+    )
+    assert "own quote" in await refused_after(handle, "approve_discount", {"approver": "victor.vp"})
+    assert "reason" in await refused_after(handle, "reject_discount", {"approver": "carla.cfo"})
+    await signal(
+        handle, "reject_discount", {"approver": "carla.cfo", "reason": "too deep for a 1-year term"}
+    )
+    state = await wait_for_stage(handle, Stage.QUALIFIED)
+    assert state.pending_approval is None
+
+    assert "highest approval limit" in await _refused_quote(handle, {"discount_percent": "60"})
+    assert "unknown SKU 'GOLD'" in await _refused_quote(
+        handle, {"lines": [{"sku": "GOLD", "quantity": 1}]}
+    )
+    await signal(handle, "submit_quote", {"submitted_by": "victor.vp", "discount_percent": "5",
+                                          "lines": [{"sku": "PLATFORM", "quantity": 40}]})  # fmt: skip
+    state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    assert state.quote is not None and state.quote.version == 4
+
+
+async def _refused_quote(handle, changes: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
+    payload = {
+        "submitted_by": "victor.vp",
+        "discount_percent": "5",
+        "lines": [{"sku": "PLATFORM", "quantity": 40}],
+    }
+    payload.update(changes)
+    before = await state_of(handle)
+    await signal(handle, "submit_quote", payload)
+    state = await wait_until(handle, lambda s: len([e for e in s.events if e.kind == "refused:submit_quote"])
+                             > len([e for e in before.events if e.kind == "refused:submit_quote"]))  # fmt: skip
+    assert state.stage == Stage.QUALIFIED
+    return state.events[-1].detail
+
+
+async def test_contract_declined_then_wrong_hash_refused_then_signed(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    quote = {
+        "submitted_by": "nora.na",
+        "lines": [{"sku": "PLATFORM", "quantity": 5}],
+        "billing_period": "upfront",
+    }
+    await signal(handle, "submit_quote", quote)
+    first = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    await signal(handle, "decline_contract", {"reason": "legal wants changes"})
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    await signal(handle, "submit_quote", quote)
+    second = await wait_until(handle, lambda s: s.stage == Stage.AWAITING_SIGNATURE and s.contract is not None
+                              and s.contract.version == 2)  # fmt: skip
+    assert first.contract is not None and second.contract is not None
+    reason = await refused_after(handle, "sign_contract", {
+        "signer_name": "Ada", "signer_email": "ada@acme.example", "document_sha256": first.contract.document_sha256 if
+        first.contract.document_sha256 != second.contract.document_sha256 else "0" * 64})  # fmt: skip
+    assert "does not match" in reason
+    await sign(handle, second)
+    state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) == 1)
+    assert state.invoices[0].amount == Decimal("3000.00")  # 5 seats x 50 x 12, upfront
+    await handle.terminate("test done")
+
+
+async def test_unpaid_invoice_is_dunned_and_written_off(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine, mailbox: MailCatcher
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    state = await quote_to_signature(handle, billing_period="upfront",
+                                     lines=[{"sku": "PLATFORM", "quantity": 10}, {"sku": "ONBOARDING", "quantity": 1}])  # fmt: skip
+    invoice = state.invoices[0]
+    assert invoice.amount == Decimal("8500.00")
+    final = await handle.result()
+    assert final.stage == Stage.WRITTEN_OFF
+    assert final.invoices[0].status == "uncollectible"
+    assert final.invoices[0].reminders_sent == 4
+    assert [
+        e.detail.split(": level ")[1][0] for e in final.events if e.kind == "dunning_reminder"
+    ] == list("1234")
+    dunning = [m for m in mailbox.messages if invoice.number in m["Subject"]]
+    assert len(dunning) == 4 and dunning[-1]["Subject"].startswith("Final notice")
+
+    # Written off 90 days after activation (due +60): 2 months of subscription and onboarding were
+    # delivered (bad debt); the 10 undelivered months are reversed out of deferred revenue.
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[ACCOUNTS_RECEIVABLE] == ZERO
+    assert balances[DEFERRED_REVENUE] == ZERO
+    assert balances[BAD_DEBT_EXPENSE] == Decimal("2500.00") + Decimal("500.00") * 2
+    with Session(sqlite_ledger) as session:
+        row = session.get(InvoiceRecord, invoice.number)
+        assert row is not None and row.status == "uncollectible"
+
+
+async def test_payments_count_once_and_bad_payments_are_refused(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    state = await quote_to_signature(handle, billing_period="upfront")
+    invoice = state.invoices[0]
+    assert invoice.amount == Decimal("6000.00")
+
+    await signal(
+        handle,
+        "record_payment",
+        {"invoice_number": invoice.number, "amount": "1000.00", "reference": "WIRE-1"},
+    )
+    state = await wait_until(handle, lambda s: s.invoices[0].amount_paid == Decimal("1000.00"))
+    assert state.balance_due == Decimal("5000.00")
+    reason = await refused_after(
+        handle,
+        "record_payment",
+        {"invoice_number": invoice.number, "amount": "1000.00", "reference": "WIRE-1"},
+    )
+    assert "already applied" in reason
+    assert "unknown invoice" in await refused_after(
+        handle,
+        "record_payment",
+        {"invoice_number": "INV-999999", "amount": "1.00", "reference": "X"},
+    )
+    assert "exceeds the balance" in await refused_after(
+        handle,
+        "record_payment",
+        {"invoice_number": invoice.number, "amount": "5000.01", "reference": "X2"},
+    )
+    assert "EUR" in await refused_after(
+        handle,
+        "record_payment",
+        {"invoice_number": invoice.number, "amount": "10.00", "reference": "X3", "currency": "EUR"},
+    )
+    assert "greater than 0" in await refused_after(
+        handle,
+        "record_payment",
+        {"invoice_number": invoice.number, "amount": "-5", "reference": "X4"},
+    )
+    assert "decimal places" in await refused_after(
+        handle,
+        "record_payment",
+        {"invoice_number": invoice.number, "amount": "1.001", "reference": "X5"},
+    )
+
+    await signal(
+        handle,
+        "record_payment",
+        {"invoice_number": invoice.number, "amount": "5000.00", "reference": "WIRE-2"},
+    )
+    state = await wait_until(handle, lambda s: s.invoices[0].status == "paid")
+    assert state.balance_due == ZERO
+    final = await handle.result()
+    assert final.stage == Stage.WON
+    with Session(sqlite_ledger) as session:
+        payments = session.exec(
+            select(PaymentRecordRow).where(PaymentRecordRow.deal_id == handle.id)
+        ).all()
+        assert sorted(p.reference for p in payments) == ["WIRE-1", "WIRE-2"]
+    assert account_balances(sqlite_ledger, handle.id)[CASH] == Decimal("6000.00")
+
+
+async def test_malformed_and_out_of_stage_signals_are_recorded_not_fatal(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    assert "no JSON payload" in await refused_after(handle, "submit_quote", None)
+    assert "lines" in await refused_after(handle, "submit_quote", {"submitted_by": "nora.na"})
+    assert "quantity" in await refused_after(
+        handle,
+        "submit_quote",
+        {"submitted_by": "nora.na", "lines": [{"sku": "PLATFORM", "quantity": 2.5}]},
+    )
+    assert "discount_percent" in await refused_after(
+        handle,
+        "submit_quote",
+        {
+            "submitted_by": "nora.na",
+            "discount_percent": "101",
+            "lines": [{"sku": "PLATFORM", "quantity": 1}],
+        },
+    )
+    assert "discount_percent" in await refused_after(
+        handle,
+        "submit_quote",
+        {
+            "submitted_by": "nora.na",
+            "discount_percent": "NaN",
+            "lines": [{"sku": "PLATFORM", "quantity": 1}],
+        },
+    )
+    assert "malformed" in await refused_after(handle, "approve_discount", "not an object")
+    assert "stage qualified" in await refused_after(
+        handle, "approve_discount", {"approver": "mia.manager"}
+    )
+    assert "stage qualified" in await refused_after(
+        handle, "record_payment", {"invoice_number": "INV-1", "amount": "1", "reference": "r"}
+    )
+    assert "stage qualified" in await refused_after(
+        handle, "log_engagement", {"kind": "email_open"}
+    )
+    assert "Extra inputs" in await refused_after(
+        handle, "mark_lost", {"by": "nora.na", "reason": "x", "typo": 1}
+    )
+    state = await state_of(handle)
+    assert state.events[-1].actor == "nora.na"  # who sent a refused signal is recorded too
+
+    await signal(handle, "mark_lost", {"by": "nora.na", "reason": "chose a competitor"})
+    final = await handle.result()
+    assert final.stage == Stage.LOST
+    assert final.events[-1].detail == "marked lost by nora.na: chose a competitor"
+
+
+async def test_mark_lost_is_refused_after_signature(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await quote_to_signature(handle)
+    reason = await refused_after(handle, "mark_lost", {"by": "nora.na", "reason": "changed mind"})
+    assert "stage active" in reason
+    await handle.terminate("test done")
+
+
+async def test_invalid_lead_fails_at_once_without_retrying(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await ts_env.client.start_workflow(
+        "DealWorkflow", {"lead_id": "L-bad", "company": "Acme", "contact_name": "A", "contact_email": "not-an-email", "country": "US"},
+        id="deal-L-bad-input", task_queue=deal_worker.task_queue,
+    )  # fmt: skip
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "InvalidLead" and cause.non_retryable
+    assert "contact_email" in cause.message
+
+
+async def test_same_lead_twice_gives_one_deal(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    lead = make_lead()
+    first, created = await start_deal(ts_env.client, lead, deal_worker.task_queue)
+    second, created_again = await start_deal(ts_env.client, lead, deal_worker.task_queue)
+    assert created and not created_again
+    assert first.id == second.id == f"deal-{lead.lead_id}"
+    assert (await first.describe()).run_id == (await second.describe()).run_id
+    await first.terminate("test done")

@@ -1,0 +1,830 @@
+"""DealWorkflow: one durable workflow per deal, from lead to recognized cash.
+
+`run` reads as the business process. Stage methods below it hold the details; signal handlers
+only validate what a person sent and hand it to the waiting stage, recording every refusal.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from temporalio import workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.billing import BillingActivities
+    from activities.fulfilment import FulfilmentActivities
+    from activities.leads import LeadActivities
+    from activities.quotes import QuoteActivities
+    from activities.revenue import RevenueActivities
+    from models.calendar import add_months
+    from models.deal import WORKFLOW_TYPE, DealPolicy, LeadInput, Stage
+    from models.documents import (
+        ApprovalRequirement,
+        ContractRequest,
+        DealClosing,
+        DunningNotice,
+        InvoiceRequest,
+        NurtureTouch,
+        OrderRequest,
+        PaymentRecord,
+        Quote,
+        QuoteRequest,
+        RevenueRecognition,
+        SignatureRecord,
+        WriteOffRequest,
+    )
+    from models.money import ZERO
+    from models.search import DEAL_AMOUNT, DEAL_OWNER, DEAL_STAGE
+    from models.signals import (
+        ApproveDiscount,
+        DeclineContract,
+        LogEngagement,
+        MarkLost,
+        RecordPayment,
+        RejectDiscount,
+        SignContract,
+        SubmitQuote,
+    )
+    from models.state import ContractView, DealEvent, DealState, InvoiceView, PendingApproval
+    from models.validation import explain
+
+P = TypeVar("P", bound=BaseModel)
+
+# A signal sent with no input at all still reaches its handler, which refuses it with a reason.
+NO_PAYLOAD = RawValue(Payload())
+
+ACTIVITY_TIMEOUT = timedelta(seconds=60)
+# Ledger and mail steps retry until they succeed: an outage delays a deal, it never loses a step.
+# A LedgerConflict means the ledger disagrees with the deal; retrying cannot fix that.
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    non_retryable_error_types=["LedgerConflict", "UnbalancedEntry"],
+)
+
+BEFORE_SIGNATURE = (
+    Stage.NEW,
+    Stage.NURTURING,
+    Stage.QUALIFIED,
+    Stage.AWAITING_APPROVAL,
+    Stage.AWAITING_SIGNATURE,
+)
+
+
+class DealEnded(Exception):
+    """Ends the deal early (lost, disqualified); caught once in `run`."""
+
+    def __init__(self, stage: Stage, reason: str):
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
+class DealWorkflow:
+    @workflow.init
+    def __init__(self, lead_payload: RawValue) -> None:
+        self._lead_error: str | None = None
+        self._state: DealState | None = None
+        try:
+            lead = workflow.payload_converter().from_payload(lead_payload.payload, LeadInput)
+            self._state = DealState(deal_id=workflow.info().workflow_id, lead=lead)
+        except (ValidationError, ValueError, TypeError) as err:
+            detail = explain(err) if isinstance(err, ValidationError) else str(err)
+            self._lead_error = f"invalid lead: {detail}"
+        # What people sent, waiting for the stage that consumes it.
+        self._quote_submission: SubmitQuote | None = None
+        self._approval: ApproveDiscount | RejectDiscount | None = None
+        self._signature: SignContract | None = None
+        self._decline: DeclineContract | None = None
+        self._lost: MarkLost | None = None
+        self._quote_versions = 0
+        self._written_off = False
+        self._collections: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ the process
+
+    @workflow.run
+    async def run(self, lead_payload: RawValue) -> DealState:
+        if self._lead_error is not None:
+            # A workflow started with a bad lead fails at once and is never retried.
+            raise ApplicationError(self._lead_error, type="InvalidLead", non_retryable=True)
+        try:
+            await self.capture_lead()
+            await self.score_and_route()
+            await self.qualify_or_nurture()
+            quote = await self.agree_quote_and_contract()
+            await self.fulfil_order(quote)
+            outcome = await self.invoice_collect_and_recognize(quote)
+            await self.close(
+                outcome,
+                "term completed and fully paid"
+                if outcome == Stage.WON
+                else "unpaid invoices written off",
+            )
+        except DealEnded as ended:
+            await self.close(ended.stage, ended.reason)
+        return self.deal
+
+    async def capture_lead(self) -> None:
+        self._set_stage(Stage.NEW)
+        self.deal.policy = await self._call(LeadActivities.load_deal_policy, None, "load policy")
+        await self._call(LeadActivities.capture_lead, self.deal.lead, "capture lead")
+        self._record("lead_captured", self.deal.lead.source, f"{self.deal.lead.company}")
+
+    async def score_and_route(self) -> None:
+        assessment = await self._call(LeadActivities.assess_lead, self.deal.lead, "score and route")
+        self.deal.score = assessment.score
+        self.deal.score_breakdown = assessment.breakdown
+        self.deal.owner = assessment.owner
+        workflow.upsert_search_attributes([DEAL_OWNER.value_set(assessment.owner)])
+        self._record(
+            "lead_scored",
+            "scoring",
+            f"score {assessment.score} ({_points(assessment.breakdown)}), routed to {assessment.owner}",
+        )
+
+    async def qualify_or_nurture(self) -> None:
+        policy = self.policy
+        if self.deal.score < policy.qualify_at:
+            self._set_stage(Stage.NURTURING)
+            give_up_at = workflow.now() + timedelta(days=policy.nurture_give_up_after_days)
+            touches = 0
+            while self.deal.score < policy.qualify_at:
+                if workflow.now() >= give_up_at:
+                    raise DealEnded(
+                        Stage.DISQUALIFIED,
+                        f"score {self.deal.score} stayed below {policy.qualify_at} for "
+                        f"{policy.nurture_give_up_after_days} days of nurture",
+                    )
+                touches += 1
+                await self._call(
+                    LeadActivities.send_nurture_touch,
+                    NurtureTouch(
+                        deal_id=self.deal_id,
+                        lead=self.deal.lead,
+                        touch_number=touches,
+                        score=self.deal.score,
+                    ),
+                    f"nurture e-mail {touches}",
+                )
+                self._record("nurture_touch", "nurture", f"touch {touches} sent")
+                next_touch = min(
+                    workflow.now() + timedelta(days=policy.nurture_cadence_days), give_up_at
+                )
+                await self._wait_until(
+                    next_touch, lambda: self.deal.score >= policy.qualify_at, "next nurture touch"
+                )
+        self._set_stage(Stage.QUALIFIED)
+        self._record("qualified", "scoring", f"score {self.deal.score} >= {policy.qualify_at}")
+
+    async def agree_quote_and_contract(self) -> Quote:
+        """Quote, approval and signature, back to `qualified` whenever one of them says no."""
+        while True:
+            self._set_stage(Stage.QUALIFIED)
+            await self._wait_for(lambda: self._quote_submission is not None)
+            submission, self._quote_submission = self._quote_submission, None
+            assert submission is not None
+            quote, approval = await self.price_quote(submission)
+            if quote is None:
+                continue
+            if approval is not None and not await self.get_discount_approved(quote, approval):
+                continue
+            if await self.get_contract_signed(quote):
+                return quote
+
+    async def price_quote(
+        self, submission: SubmitQuote
+    ) -> tuple[Quote | None, ApprovalRequirement | None]:
+        self._quote_versions += 1
+        request = QuoteRequest(
+            deal_id=self.deal_id,
+            version=self._quote_versions,
+            currency=self.deal.lead.currency,
+            submission=submission,
+        )
+        pricing = await self._call(QuoteActivities.price_quote, request, "price quote")
+        if pricing.quote is None:
+            self._refuse("submit_quote", submission.submitted_by, pricing.refusal or "refused")
+            return None, None
+        quote = pricing.quote
+        self.deal.quote = quote
+        workflow.upsert_search_attributes([DEAL_AMOUNT.value_set(float(quote.net_total))])
+        self._record(
+            "quote_priced",
+            submission.submitted_by,
+            f"quote v{quote.version}: list {quote.list_total}, net {quote.net_total} "
+            f"{quote.currency} at {quote.discount_percent}% over {quote.term_months} months",
+        )
+        return quote, pricing.approval
+
+    async def get_discount_approved(self, quote: Quote, approval: ApprovalRequirement) -> bool:
+        self.deal.pending_approval = PendingApproval(
+            quote_version=quote.version,
+            discount_percent=quote.discount_percent,
+            submitted_by=quote.submitted_by,
+            required_role=approval.required_role,
+            eligible_approvers=approval.eligible_approvers,
+        )
+        self._set_stage(Stage.AWAITING_APPROVAL)
+        await self._wait_for(lambda: self._approval is not None)
+        decision, self._approval = self._approval, None
+        self.deal.pending_approval = None
+        return isinstance(decision, ApproveDiscount)
+
+    async def get_contract_signed(self, quote: Quote) -> bool:
+        document = await self._call(
+            QuoteActivities.render_contract,
+            ContractRequest(
+                deal_id=self.deal_id,
+                lead=self.deal.lead,
+                quote=quote,
+                issued_at=workflow.now(),
+                payment_terms_days=self.policy.payment_terms_days,
+            ),
+            "render contract",
+        )
+        self.deal.contract = ContractView(
+            contract_id=document.contract_id,
+            version=document.version,
+            document_sha256=document.document_sha256,
+            sent_at=workflow.now(),
+        )
+        self._record(
+            "contract_sent", "system", f"{document.contract_id} sha256 {document.document_sha256}"
+        )
+        self._set_stage(Stage.AWAITING_SIGNATURE)
+        await self._wait_for(lambda: self._signature is not None or self._decline is not None)
+        if self._decline is not None:
+            self._decline = None
+            self.deal.contract = None
+            return False
+        signature = self._signature
+        assert signature is not None
+        await self._call(
+            QuoteActivities.record_signature,
+            SignatureRecord(
+                deal_id=self.deal_id,
+                contract_id=document.contract_id,
+                signer_name=signature.signer_name,
+                signer_email=signature.signer_email,
+                signed_at=workflow.now(),
+            ),
+            "record signature",
+        )
+        return True
+
+    async def fulfil_order(self, quote: Quote) -> None:
+        self._set_stage(Stage.FULFILLING)
+        order = await self._call(
+            FulfilmentActivities.provision_order,
+            OrderRequest(deal_id=self.deal_id, quote=quote, requested_at=workflow.now()),
+            "create and provision order",
+        )
+        self.deal.order_id = order.order_id
+        self.deal.activated_at = workflow.now()
+        self._record("order_provisioned", "provisioning", f"{order.order_id}: {order.entitlements}")
+
+    async def invoice_collect_and_recognize(self, quote: Quote) -> Stage:
+        """Month by month over the term: invoice in advance, recognize at month end, collect."""
+        self._set_stage(Stage.ACTIVE)
+        activated_at = self.deal.activated_at
+        assert activated_at is not None
+        periods = {period.start_month: period for period in quote.billing_plan}
+        for month in range(quote.term_months):
+            period = periods.get(month)
+            if period is not None:
+                await self.issue_invoice(quote, period.index, activated_at)
+            if month == 0 and quote.one_time_net > 0:
+                # Point in time: the one-time service is delivered once provisioning completes.
+                await self.recognize("onboarding", "services", quote.one_time_net, quote.currency)
+            if await self._wait_until(
+                add_months(activated_at, month + 1),
+                lambda: self._written_off,
+                f"end of month {month + 1}",
+            ):
+                break
+            if quote.monthly_recurring_net > 0:
+                await self.recognize(
+                    f"month-{month + 1}",
+                    "subscription",
+                    quote.monthly_recurring_net,
+                    quote.currency,
+                )
+        await workflow.wait_condition(
+            lambda: self._written_off or all(i.status == "paid" for i in self.deal.invoices)
+        )
+        await asyncio.gather(*self._collections)
+        return Stage.WRITTEN_OFF if self._written_off else Stage.WON
+
+    async def issue_invoice(self, quote: Quote, period_index: int, activated_at: datetime) -> None:
+        period = quote.billing_plan[period_index]
+        issued_at = workflow.now()
+        due_at = issued_at + timedelta(days=self.policy.payment_terms_days)
+        issued = await self._call(
+            BillingActivities.issue_invoice,
+            InvoiceRequest(
+                deal_id=self.deal_id,
+                lead=self.deal.lead,
+                period=period,
+                currency=quote.currency,
+                issued_on=issued_at.date(),
+                due_date=due_at.date(),
+                service_from=add_months(activated_at, period.start_month).date(),
+                service_to=(
+                    add_months(activated_at, period.start_month + period.months) - timedelta(days=1)
+                ).date(),
+            ),
+            f"issue invoice for period {period_index + 1}",
+        )
+        invoice = InvoiceView(
+            number=issued.number,
+            period_index=period_index,
+            amount=issued.amount,
+            currency=issued.currency,
+            issued_on=issued.issued_on,
+            due_date=issued.due_date,
+            status="open" if issued.amount > 0 else "paid",
+        )
+        self.deal.invoices.append(invoice)
+        self._refresh_balance()
+        self._record(
+            "invoice_issued",
+            "billing",
+            f"{invoice.number}: {invoice.amount} {invoice.currency}, due {invoice.due_date}",
+        )
+        if invoice.status == "open":
+            self._collections.append(asyncio.create_task(self.collect(invoice, due_at)))
+
+    async def collect(self, invoice: InvoiceView, due_at: datetime) -> None:
+        """Dunning for one invoice: reminders on durable timers after the due date, then write-off."""
+        policy = self.policy
+
+        def settled() -> bool:
+            return invoice.status != "open" or self._written_off
+
+        levels = policy.reminder_days_after_due
+        for level, days in enumerate(levels, start=1):
+            if await self._wait_until(
+                due_at + timedelta(days=days), settled, f"{invoice.number} reminder {level}"
+            ):
+                return
+            await self._call(
+                BillingActivities.send_dunning_reminder,
+                DunningNotice(
+                    deal_id=self.deal_id,
+                    lead=self.deal.lead,
+                    invoice_number=invoice.number,
+                    amount_due=invoice.balance,
+                    currency=invoice.currency,
+                    due_date=invoice.due_date,
+                    level=level,
+                    final_level=len(levels),
+                    days_overdue=days,
+                    write_off_on=(due_at + timedelta(days=policy.write_off_days_after_due)).date(),
+                ),
+                f"dunning reminder {level} for {invoice.number}",
+            )
+            invoice.reminders_sent = level
+            self._record(
+                "dunning_reminder",
+                "collections",
+                f"{invoice.number}: level {level}, {days} days overdue",
+            )
+        write_off_at = due_at + timedelta(days=policy.write_off_days_after_due)
+        if await self._wait_until(write_off_at, settled, f"{invoice.number} write-off"):
+            return
+        await self.write_off(
+            f"{invoice.number} unpaid {policy.write_off_days_after_due} days after due"
+        )
+
+    async def write_off(self, reason: str) -> None:
+        self._written_off = True  # stops billing and every other invoice's dunning
+        result = await self._call(
+            BillingActivities.write_off_deal,
+            WriteOffRequest(
+                deal_id=self.deal_id,
+                currency=self.deal.lead.currency,
+                written_off_at=workflow.now(),
+                reason=reason,
+            ),
+            "write off unpaid invoices",
+        )
+        for invoice in self.deal.invoices:
+            if invoice.number in result.invoice_numbers:
+                invoice.status = "uncollectible"
+        self._refresh_balance()
+        self._record(
+            "written_off",
+            "collections",
+            f"{reason}; {', '.join(result.invoice_numbers)}: bad debt {result.bad_debt}, "
+            f"unearned billing reversed {result.reversed_deferred}",
+        )
+
+    async def recognize(
+        self, key: str, stream: Literal["subscription", "services"], amount: Decimal, currency: str
+    ) -> None:
+        await self._call(
+            RevenueActivities.recognize_revenue,
+            RevenueRecognition(
+                deal_id=self.deal_id,
+                key=key,
+                stream=stream,
+                amount=amount,
+                currency=currency,
+                recognized_at=workflow.now(),
+                memo=f"Revenue recognized: {key}",
+            ),
+            f"recognize revenue {key}",
+        )
+        self.deal.revenue_recognized += amount
+
+    async def close(self, stage: Stage, reason: str) -> None:
+        # Let payment handlers finish their ledger postings before the deal closes.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self.deal.pending_approval = None
+        self._set_stage(stage)
+        self._record(f"deal_{stage.value}", "system", reason)
+        await self._call(
+            LeadActivities.close_deal,
+            DealClosing(
+                deal_id=self.deal_id,
+                lead_id=self.deal.lead.lead_id,
+                stage=stage.value,
+                score=self.deal.score,
+                reason=reason,
+                closed_at=workflow.now(),
+            ),
+            "close deal in the ledger",
+        )
+
+    # ------------------------------------------------------------------ signals
+
+    @workflow.signal(
+        description="Submit a quote for pricing. Stage qualified. "
+        '{"submitted_by": "sam.rep", "lines": [{"sku": "PLATFORM", "quantity": 25}], '
+        '"discount_percent": "15", "term_months": 12, "billing_period": "monthly"}'
+    )
+    def submit_quote(self, payload: RawValue = NO_PAYLOAD) -> None:
+        quote = self._accept("submit_quote", payload, SubmitQuote, (Stage.QUALIFIED,))
+        if quote is None:
+            return
+        if self._quote_submission is not None:
+            self._refuse(
+                "submit_quote", quote.submitted_by, "another quote is already being priced"
+            )
+            return
+        self._quote_submission = quote
+        self._record(
+            "quote_submitted",
+            quote.submitted_by,
+            f"{len(quote.lines)} line(s), {quote.discount_percent}% discount",
+        )
+
+    @workflow.signal(
+        description="Approve the pending discount. Stage awaiting_approval; only an "
+        'eligible approver who did not submit the quote. {"approver": "mia.manager", "comment": "ok"}'
+    )
+    def approve_discount(self, payload: RawValue = NO_PAYLOAD) -> None:
+        approval = self._accept(
+            "approve_discount", payload, ApproveDiscount, (Stage.AWAITING_APPROVAL,)
+        )
+        if approval is not None and self._may_decide("approve_discount", approval.approver):
+            self._approval = approval
+            self._record("discount_approved", approval.approver, approval.comment or "approved")
+
+    @workflow.signal(
+        description="Reject the pending discount; the deal returns to qualified. "
+        '{"approver": "mia.manager", "reason": "too deep"}'
+    )
+    def reject_discount(self, payload: RawValue = NO_PAYLOAD) -> None:
+        rejection = self._accept(
+            "reject_discount", payload, RejectDiscount, (Stage.AWAITING_APPROVAL,)
+        )
+        if rejection is not None and self._may_decide("reject_discount", rejection.approver):
+            self._approval = rejection
+            self._record("discount_rejected", rejection.approver, rejection.reason)
+
+    @workflow.signal(
+        description="Record the customer's signature; document_sha256 must be the sent "
+        'contract\'s (see the state query). {"signer_name": "Ada Lovelace", '
+        '"signer_email": "ada@acme.example", "document_sha256": "<64 hex>"}'
+    )
+    def sign_contract(self, payload: RawValue = NO_PAYLOAD) -> None:
+        signature = self._accept(
+            "sign_contract", payload, SignContract, (Stage.AWAITING_SIGNATURE,)
+        )
+        if signature is None:
+            return
+        contract = self.deal.contract
+        if self._signature is not None or self._decline is not None or contract is None:
+            self._refuse(
+                "sign_contract",
+                signature.signer_name,
+                "the contract was already signed or declined",
+            )
+        elif signature.document_sha256 != contract.document_sha256:
+            self._refuse(
+                "sign_contract",
+                signature.signer_name,
+                f"document_sha256 does not match contract {contract.contract_id} "
+                f"({contract.document_sha256})",
+            )
+        else:
+            self._signature = signature
+            contract.signed_by = signature.signer_name
+            contract.signer_email = signature.signer_email
+            contract.signed_at = workflow.now()
+            self._record(
+                "contract_signed",
+                signature.signer_name,
+                f"{contract.contract_id} sha256 {contract.document_sha256}",
+            )
+
+    @workflow.signal(
+        description='Customer declines the contract; back to qualified. {"reason": "budget"}'
+    )
+    def decline_contract(self, payload: RawValue = NO_PAYLOAD) -> None:
+        decline = self._accept(
+            "decline_contract", payload, DeclineContract, (Stage.AWAITING_SIGNATURE,)
+        )
+        if decline is None:
+            return
+        if self._signature is not None or self._decline is not None:
+            self._refuse(
+                "decline_contract", decline.by, "the contract was already signed or declined"
+            )
+            return
+        self._decline = decline
+        self._record("contract_declined", decline.by, decline.reason)
+
+    @workflow.signal(
+        description="Record a payment received by hand; the same reference counts once. "
+        '{"invoice_number": "INV-000001", "amount": "1250.00", "reference": "BANK-123"}'
+    )
+    async def record_payment(self, payload: RawValue = NO_PAYLOAD) -> None:
+        payment = self._accept("record_payment", payload, RecordPayment, (Stage.ACTIVE,))
+        if payment is None:
+            return
+        invoice = next((i for i in self.deal.invoices if i.number == payment.invoice_number), None)
+        reason = None
+        if payment.reference in self.deal.payment_references:
+            reason = f"reference {payment.reference} was already applied; counted once"
+        elif invoice is None:
+            known = ", ".join(i.number for i in self.deal.invoices) or "none yet"
+            reason = f"unknown invoice {payment.invoice_number} (this deal's invoices: {known})"
+        elif payment.currency is not None and payment.currency != invoice.currency:
+            reason = f"payment in {payment.currency} but {invoice.number} is in {invoice.currency}"
+        elif invoice.status != "open":
+            reason = f"{invoice.number} is {invoice.status}"
+        elif payment.amount > invoice.balance:
+            reason = (
+                f"{payment.amount} exceeds the balance due of {invoice.number} ({invoice.balance}); "
+                "overpayments are not accepted yet"
+            )
+        if reason is not None or invoice is None:
+            self._refuse("record_payment", payment.recorded_by, reason or "refused")
+            return
+        # The deal's view changes at once so dunning stops; the ledger posting follows durably.
+        invoice.amount_paid += payment.amount
+        if invoice.balance == 0:
+            invoice.status = "paid"
+        self.deal.payment_references.append(payment.reference)
+        self._refresh_balance()
+        self._record(
+            "payment_recorded",
+            payment.recorded_by,
+            f"{payment.amount} {invoice.currency} on {invoice.number} ref {payment.reference}",
+        )
+        await self._call(
+            BillingActivities.apply_payment,
+            PaymentRecord(
+                deal_id=self.deal_id,
+                invoice_number=invoice.number,
+                amount=payment.amount,
+                currency=invoice.currency,
+                reference=payment.reference,
+                recorded_by=payment.recorded_by,
+                received_at=workflow.now(),
+            ),
+            f"apply payment {payment.reference}",
+        )
+
+    @workflow.signal(
+        description='Engagement by a nurtured lead raises its score. {"kind": "demo_request"}'
+    )
+    def log_engagement(self, payload: RawValue = NO_PAYLOAD) -> None:
+        engagement = self._accept("log_engagement", payload, LogEngagement, (Stage.NURTURING,))
+        if engagement is None:
+            return
+        points = self.policy.engagement_points.get(engagement.kind)
+        if points is None:
+            known = ", ".join(sorted(self.policy.engagement_points))
+            self._refuse(
+                "log_engagement",
+                engagement.by,
+                f"unknown engagement kind {engagement.kind!r} ({known})",
+            )
+            return
+        self.deal.score += points
+        self._record(
+            "engagement", engagement.by, f"{engagement.kind} +{points} -> score {self.deal.score}"
+        )
+
+    @workflow.signal(
+        description='Mark the deal lost (not after signature). {"by": "sam.rep", "reason": "chose a competitor"}'
+    )
+    def mark_lost(self, payload: RawValue = NO_PAYLOAD) -> None:
+        lost = self._accept("mark_lost", payload, MarkLost, BEFORE_SIGNATURE)
+        if lost is None:
+            return
+        if self._signature is not None:
+            self._refuse("mark_lost", lost.by, "the contract is already signed")
+            return
+        if self._lost is None:
+            self._lost = lost
+            self._record("marked_lost", lost.by, lost.reason)
+
+    @workflow.query(
+        description="The deal: stage, score, owner, quote, approval, contract, invoices, events."
+    )
+    def state(self) -> DealState:
+        if self._state is None:
+            raise ApplicationError(self._lead_error or "deal not started")
+        return self._state
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def deal_id(self) -> str:
+        return self.deal.deal_id
+
+    @property
+    def policy(self) -> DealPolicy:
+        assert self.deal.policy is not None
+        return self.deal.policy
+
+    def _may_decide(self, signal: str, approver: str) -> bool:
+        pending = self.deal.pending_approval
+        if self._approval is not None or pending is None:
+            self._refuse(signal, approver, "the discount was already decided")
+            return False
+        if approver == pending.submitted_by:
+            self._refuse(signal, approver, "nobody may decide on their own quote")
+            return False
+        if approver not in pending.eligible_approvers:
+            self._refuse(
+                signal,
+                approver,
+                f"{approver} has no authority for a {pending.discount_percent}% discount "
+                f"(needs {pending.required_role} or above: {', '.join(pending.eligible_approvers)})",
+            )
+            return False
+        return True
+
+    def _accept(
+        self, signal: str, payload: RawValue, model: type[P], stages: tuple[Stage, ...]
+    ) -> P | None:
+        """Parse and stage-check a signal; a refusal is recorded with its reason and changes nothing."""
+        if self._state is None:
+            return None  # the deal failed on its input; nothing to record into
+        if payload is NO_PAYLOAD:
+            self._refuse(signal, "unknown", "the signal carried no JSON payload")
+            return None
+        try:
+            parsed = workflow.payload_converter().from_payload(payload.payload, model)
+        except ValidationError as err:
+            self._refuse(signal, _actor_of(payload), f"malformed payload: {explain(err)}")
+            return None
+        except Exception as err:  # undecodable bytes or not JSON at all
+            self._refuse(signal, "unknown", f"malformed payload: {type(err).__name__}")
+            return None
+        if self.deal.stage not in stages:
+            allowed = ", ".join(stage.value for stage in stages)
+            self._refuse(
+                signal,
+                _actor_of(payload),
+                f"not accepted in stage {self.deal.stage.value} (only in {allowed})",
+            )
+            return None
+        return parsed
+
+    async def _wait_for(self, condition: Callable[[], bool]) -> None:
+        """Wait for a person; ends the deal if it is marked lost meanwhile."""
+        await workflow.wait_condition(lambda: condition() or self._lost is not None)
+        self._end_if_lost()
+
+    async def _wait_until(
+        self, moment: datetime, condition: Callable[[], bool], summary: str
+    ) -> bool:
+        """Wait on a durable timer until `moment` or `condition`; True if the condition came first."""
+        remaining = moment - workflow.now()
+        if not condition() and remaining > timedelta(0):
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: condition() or self._lost is not None,
+                    timeout=remaining,
+                    timeout_summary=summary,
+                )
+        self._end_if_lost()
+        return condition()
+
+    def _end_if_lost(self) -> None:
+        if self._lost is not None and self.deal.stage in BEFORE_SIGNATURE:
+            raise DealEnded(Stage.LOST, f"marked lost by {self._lost.by}: {self._lost.reason}")
+
+    async def _call(self, activity: Callable[..., Any], arg: Any, summary: str) -> Any:
+        args = [] if arg is None else [arg]
+        return await workflow.execute_activity_method(
+            activity,
+            args=args,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RETRY,
+            summary=summary,
+        )
+
+    @property
+    def deal(self) -> DealState:
+        assert self._state is not None
+        return self._state
+
+    def _set_stage(self, stage: Stage) -> None:
+        if stage != self.deal.stage or not self.deal.events:
+            self.deal.stage = stage
+            workflow.upsert_search_attributes([DEAL_STAGE.value_set(stage.value)])
+        self._refresh_details()
+
+    def _refresh_balance(self) -> None:
+        self.deal.balance_due = sum(
+            (i.balance for i in self.deal.invoices if i.status == "open"), ZERO
+        )
+
+    def _record(self, kind: str, actor: str, detail: str) -> None:
+        self.deal.events.append(DealEvent(at=workflow.now(), kind=kind, actor=actor, detail=detail))
+        self._refresh_details()
+
+    def _refuse(self, signal: str, actor: str, reason: str) -> None:
+        workflow.logger.info("refused %s from %s: %s", signal, actor, reason)
+        self._record(f"refused:{signal}", actor, reason)
+
+    def _refresh_details(self) -> None:
+        """The Web UI's 'current details': where the deal is, what it waits for, who may act."""
+        state = self.deal
+        lines = [
+            f"**{state.lead.company}**: stage `{state.stage.value}`, owner {state.owner or '-'}, score {state.score}"
+        ]
+        waiting = _WAITING_FOR.get(state.stage)
+        if waiting:
+            lines.append(f"Waiting for: {waiting}")
+        if state.pending_approval is not None:
+            pending = state.pending_approval
+            lines.append(
+                f"Needs `{pending.required_role}` approval of {pending.discount_percent}%: "
+                f"{', '.join(pending.eligible_approvers)} (signal `approve_discount`)"
+            )
+        if state.stage == Stage.AWAITING_SIGNATURE and state.contract is not None:
+            lines.append(
+                f"Contract sha256 `{state.contract.document_sha256}` (signal `sign_contract`)"
+            )
+        if state.invoices:
+            lines.append(
+                f"Invoices: {len(state.invoices)}, balance due {state.balance_due} {state.lead.currency}"
+            )
+        if state.events:
+            last = state.events[-1]
+            lines.append(f"Last: {last.kind} by {last.actor}: {last.detail}")
+        workflow.set_current_details("\n\n".join(lines))
+
+
+_WAITING_FOR = {
+    Stage.NURTURING: "engagement (`log_engagement`) or the next nurture touch",
+    Stage.QUALIFIED: "a quote (`submit_quote`) from the owner",
+    Stage.AWAITING_APPROVAL: "a discount decision (`approve_discount` / `reject_discount`)",
+    Stage.AWAITING_SIGNATURE: "the customer's signature (`sign_contract` / `decline_contract`)",
+    Stage.ACTIVE: "billing periods and payments (`record_payment`)",
+}
+
+
+def _points(breakdown: dict[str, int]) -> str:
+    return ", ".join(f"{feature} +{points}" for feature, points in breakdown.items()) or "no points"
+
+
+def _actor_of(payload: RawValue) -> str:
+    """Best effort at who sent a payload, for the refusal record, even when it does not parse."""
+    try:
+        data = workflow.payload_converter().from_payload(payload.payload, dict)
+    except Exception:
+        return "unknown"
+    for field in ("approver", "submitted_by", "signer_name", "recorded_by", "by"):
+        value = data.get(field)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:100]
+    return "unknown"
