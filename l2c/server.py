@@ -9,7 +9,7 @@ from pathlib import Path
 
 from models.search import ALL_KEYS
 
-_SA_TYPE = {"KEYWORD": "Keyword", "FLOAT": "Double", "TEXT": "Text", "INT": "Int"}
+_SA_TYPE = {"KEYWORD": "Keyword", "DOUBLE": "Double", "TEXT": "Text", "INT": "Int"}
 
 
 def temporal_binary() -> str:

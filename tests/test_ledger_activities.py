@@ -1,0 +1,193 @@
+"""Activities against a real ledger (SQLite file; PostgreSQL too when L2C_TEST_POSTGRES_URL is set):
+retries and repeats never create a second invoice, payment, posting or e-mail."""
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.billing import BillingActivities
+from activities.leads import LeadActivities
+from activities.quotes import QuoteActivities
+from activities.revenue import RevenueActivities
+from l2c.config import BusinessRules
+from l2c.journal import (
+    ACCOUNTS_RECEIVABLE,
+    BAD_DEBT_EXPENSE,
+    DEFERRED_REVENUE,
+    UnbalancedEntry,
+    post_entry,
+)
+from l2c.mail import Mailer
+from l2c.mailcatcher import MailCatcher
+from models.documents import (
+    ContractRequest,
+    InvoiceRequest,
+    PaymentRecord,
+    QuoteRequest,
+    RevenueRecognition,
+    WriteOffRequest,
+)
+from models.ledger import InvoiceRecord, JournalEntry, OutboxEmail, PaymentRecordRow
+from models.money import ZERO
+from models.signals import SubmitQuote
+from tests.helpers import account_balances, make_lead
+
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+env = ActivityEnvironment()
+
+
+def priced(rules: BusinessRules, ledger: Engine, deal_id: str, **quote: object):  # type: ignore[no-untyped-def]
+    submission = SubmitQuote.model_validate(
+        {"submitted_by": "nora.na", "lines": [{"sku": "PLATFORM", "quantity": 10}], **quote}
+    )
+    request = QuoteRequest(deal_id=deal_id, version=1, currency="USD", submission=submission)
+    pricing = env.run(QuoteActivities(ledger, rules).price_quote, request)
+    assert pricing.quote is not None
+    return pricing.quote
+
+
+def invoice_request(
+    rules: BusinessRules, ledger: Engine, deal_id: str, period: int = 0, **quote: object
+) -> InvoiceRequest:
+    lead = make_lead()
+    env.run(
+        LeadActivities(ledger, rules, Mailer(ledger, None, 25, "x@y.example")).capture_lead, lead
+    )
+    q = priced(rules, ledger, deal_id, **quote)
+    return InvoiceRequest(deal_id=deal_id, lead=lead, period=q.billing_plan[period], currency="USD",
+                          issued_on=date(2026, 1, 15), due_date=date(2026, 2, 14),
+                          service_from=date(2026, 1, 15), service_to=date(2026, 2, 14))  # fmt: skip
+
+
+def test_invoice_issued_twice_is_one_invoice_and_numbers_have_no_gaps(
+    ledger: Engine, rules: BusinessRules
+) -> None:
+    billing = BillingActivities(ledger, Mailer(ledger, None, 25, "x@y.example"))
+    first = env.run(billing.issue_invoice, invoice_request(rules, ledger, "deal-A"))
+    again = env.run(billing.issue_invoice, invoice_request(rules, ledger, "deal-A"))
+    assert first == again
+    second_period = env.run(
+        billing.issue_invoice, invoice_request(rules, ledger, "deal-A", period=1)
+    )
+    other_deal = env.run(billing.issue_invoice, invoice_request(rules, ledger, "deal-B"))
+    numbers = [first.number, second_period.number, other_deal.number]
+    assert numbers == ["INV-000001", "INV-000002", "INV-000003"]
+    with Session(ledger) as session:
+        assert len(session.exec(select(InvoiceRecord)).all()) == 3
+        assert len(session.exec(select(JournalEntry)).all()) == 3
+    assert account_balances(ledger)[ACCOUNTS_RECEIVABLE] == Decimal("1500.00")
+
+
+def test_concurrent_invoice_attempts_issue_once_with_gap_free_numbers(
+    ledger: Engine, rules: BusinessRules
+) -> None:
+    billing = BillingActivities(ledger, Mailer(ledger, None, 25, "x@y.example"))
+    requests = [invoice_request(rules, ledger, f"deal-{n % 5}", period=0) for n in range(20)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        issued = list(pool.map(lambda r: env.run(billing.issue_invoice, r), requests))
+    by_deal = {r.deal_id: i.number for r, i in zip(requests, issued, strict=True)}
+    assert all(by_deal[r.deal_id] == i.number for r, i in zip(requests, issued, strict=True))
+    assert sorted(by_deal.values()) == [f"INV-{n:06d}" for n in range(1, 6)]
+
+
+def test_payment_with_the_same_reference_applies_once(ledger: Engine, rules: BusinessRules) -> None:
+    billing = BillingActivities(ledger, Mailer(ledger, None, 25, "x@y.example"))
+    invoice = env.run(billing.issue_invoice, invoice_request(rules, ledger, "deal-P"))
+    payment = PaymentRecord(deal_id="deal-P", invoice_number=invoice.number, amount=Decimal("200.00"),
+                            currency="USD", reference="BANK-7", recorded_by="ops", received_at=NOW)  # fmt: skip
+    env.run(billing.apply_payment, payment)
+    env.run(billing.apply_payment, payment)
+    with Session(ledger) as session:
+        assert len(session.exec(select(PaymentRecordRow)).all()) == 1
+        row = session.get(InvoiceRecord, invoice.number)
+        assert row is not None and row.amount_paid == Decimal("200.00") and row.status == "open"
+    assert account_balances(ledger)[ACCOUNTS_RECEIVABLE] == Decimal("300.00")
+    with pytest.raises(ApplicationError, match="overpay"):
+        env.run(
+            billing.apply_payment,
+            payment.model_copy(update={"reference": "BANK-8", "amount": Decimal("300.01")}),
+        )
+
+
+def test_write_off_reverses_undelivered_billing_and_expenses_the_rest(
+    ledger: Engine, rules: BusinessRules
+) -> None:
+    billing = BillingActivities(ledger, Mailer(ledger, None, 25, "x@y.example"))
+    invoice = env.run(
+        billing.issue_invoice, invoice_request(rules, ledger, "deal-W", billing_period="upfront")
+    )
+    assert invoice.amount == Decimal("6000.00")
+    revenue = RevenueActivities(ledger)
+    for month in (1, 2, 3):
+        recognition = RevenueRecognition(deal_id="deal-W", key=f"month-{month}", stream="subscription",
+                                         amount=Decimal("500.00"), currency="USD", recognized_at=NOW, memo="m")  # fmt: skip
+        env.run(revenue.recognize_revenue, recognition)
+        env.run(revenue.recognize_revenue, recognition)  # a retry posts nothing more
+    request = WriteOffRequest(deal_id="deal-W", currency="USD", written_off_at=NOW, reason="unpaid")
+    result = env.run(billing.write_off_deal, request)
+    assert result.bad_debt == Decimal("1500.00") and result.reversed_deferred == Decimal("4500.00")
+    assert env.run(billing.write_off_deal, request) == result
+    balances = account_balances(ledger, "deal-W")
+    assert balances[ACCOUNTS_RECEIVABLE] == ZERO and balances[DEFERRED_REVENUE] == ZERO
+    assert balances[BAD_DEBT_EXPENSE] == Decimal("1500.00")
+
+
+def test_unbalanced_entry_is_refused_and_nothing_is_written(ledger: Engine) -> None:
+    with Session(ledger) as session, pytest.raises(UnbalancedEntry):
+        post_entry(session, entry_key="k", deal_id="d", currency="USD", memo="m", posted_at=NOW,
+                   lines=[(ACCOUNTS_RECEIVABLE, Decimal("1.00"), ZERO), (DEFERRED_REVENUE, ZERO, Decimal("0.99"))])  # fmt: skip
+    with Session(ledger) as session:
+        assert session.exec(select(JournalEntry)).all() == []
+
+
+def test_money_round_trips_exactly(ledger: Engine, rules: BusinessRules) -> None:
+    quote = priced(rules, ledger, "deal-M", discount_percent="7.33")
+    assert quote.net_total == Decimal("5560.20")  # 500 x 0.9267 = 463.35 a month, x 12
+    with Session(ledger) as session:
+        from models.ledger import QuoteRecord
+
+        row = session.get(QuoteRecord, "deal-M-Q1")
+        assert row is not None
+        assert row.net_total == Decimal("5560.20") and isinstance(row.net_total, Decimal)
+        assert row.discount_percent == Decimal("7.33")
+
+
+def test_contract_rendering_is_deterministic_and_stored_once(
+    ledger: Engine, rules: BusinessRules
+) -> None:
+    quotes = QuoteActivities(ledger, rules)
+    quote = priced(rules, ledger, "deal-C")
+    request = ContractRequest(
+        deal_id="deal-C", lead=make_lead(), quote=quote, issued_at=NOW, payment_terms_days=30
+    )
+    first = env.run(quotes.render_contract, request)
+    assert env.run(quotes.render_contract, request) == first
+    assert len(first.document_sha256) == 64
+
+
+def test_email_is_delivered_once_over_smtp(ledger: Engine, mailbox: MailCatcher) -> None:
+    mailer = Mailer(ledger, "127.0.0.1", mailbox.port, "billing@seller.example")
+    for _ in range(3):
+        assert mailer.send_once(key="deal-E:dunning:INV-1:1", deal_id="deal-E", recipient="ada@acme.example",
+                                subject="Reminder", body="Please pay")  # fmt: skip
+    assert len(mailbox.messages) == 1
+    assert mailbox.messages[0]["Message-ID"] == "<deal-E.dunning.INV-1.1@lead-to-cash>"
+    with Session(ledger) as session:
+        row = session.get(OutboxEmail, "deal-E:dunning:INV-1:1")
+        assert row is not None and row.sent_at is not None
+
+
+def test_email_waits_in_the_outbox_without_a_mail_server(ledger: Engine) -> None:
+    mailer = Mailer(ledger, None, 25, "billing@seller.example")
+    assert not mailer.send_once(
+        key="k1", deal_id="d", recipient="a@b.example", subject="s", body="b"
+    )
+    with Session(ledger) as session:
+        row = session.get(OutboxEmail, "k1")
+        assert row is not None and row.sent_at is None

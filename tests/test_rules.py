@@ -1,0 +1,206 @@
+"""Pure rules: pricing, approval authority, billing plans, scoring, configuration, lead input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l2c.config import PROJECT_ROOT, BusinessRules, ConfigError, load_business_rules
+from l2c.leads_io import parse_lead, read_leads
+from l2c.pricing import QuoteRefused, approval_requirement, graduated_price, price_quote
+from l2c.scoring import assess_lead
+from models.calendar import add_months
+from models.documents import QuoteRequest
+from models.money import ZERO
+from models.signals import SubmitQuote
+from tests.helpers import make_lead
+
+BIN = Path(sys.executable).parent
+
+
+def quote_request(currency: str = "USD", **fields: object) -> QuoteRequest:
+    submission = {
+        "submitted_by": "nora.na",
+        "lines": [{"sku": "PLATFORM", "quantity": 10}],
+        **fields,
+    }
+    return QuoteRequest(deal_id="d", version=1, currency=currency,
+                        submission=SubmitQuote.model_validate(submission))  # fmt: skip
+
+
+def test_graduated_tiers_price_each_unit_in_its_tier(rules: BusinessRules) -> None:
+    api = rules.catalog.by_sku["API_CALLS"]
+    assert graduated_price(api, 100, "USD") == Decimal("200.00")
+    assert graduated_price(api, 101, "USD") == Decimal("201.50")
+    assert graduated_price(api, 1000, "USD") == Decimal("1550.00")
+    assert graduated_price(api, 1001, "USD") == Decimal("1551.00")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    quantities=st.lists(st.integers(1, 5000), min_size=1, max_size=3),
+    discount=st.decimals(0, 50, places=2),
+    term=st.integers(1, 60),
+    period=st.sampled_from(["upfront", "annual", "monthly"]),
+)
+def test_invoices_add_up_to_the_quote_to_the_cent(rules: BusinessRules, quantities: list[int], discount: Decimal,
+                                                  term: int, period: str) -> None:  # fmt: skip
+    skus = ["PLATFORM", "API_CALLS", "ONBOARDING"][: len(quantities)]
+    lines = [{"sku": sku, "quantity": q} for sku, q in zip(skus, quantities, strict=True)]
+    pricing = price_quote(rules.catalog, rules.approvals,
+                          quote_request(lines=lines, discount_percent=str(discount), term_months=term, billing_period=period,
+                                        submitted_by="someone.else"))  # fmt: skip
+    quote = pricing.quote
+    assert quote is not None
+    assert sum((p.amount for p in quote.billing_plan), ZERO) == quote.net_total
+    assert sum(p.months for p in quote.billing_plan) == term
+    assert quote.net_total == quote.monthly_recurring_net * term + quote.one_time_net
+    assert quote.net_total <= quote.list_total
+    assert all(p.amount == p.amount.quantize(Decimal("0.01")) for p in quote.billing_plan)
+
+
+def test_approval_needs_the_lowest_sufficient_role_and_excludes_the_submitter(
+    rules: BusinessRules,
+) -> None:
+    matrix = rules.approvals
+    assert approval_requirement(matrix, Decimal("10"), "nora.na") is None
+    need = approval_requirement(matrix, Decimal("10.01"), "nora.na")
+    assert need is not None and need.required_role == "manager"
+    need = approval_requirement(matrix, Decimal("35"), "carla.cfo")
+    assert (
+        need is not None
+        and need.required_role == "vp_sales"
+        and need.eligible_approvers == ["victor.vp"]
+    )
+    with pytest.raises(QuoteRefused, match="highest approval limit"):
+        approval_requirement(matrix, Decimal("50.01"), "nora.na")
+    with pytest.raises(QuoteRefused, match="nobody but the submitter"):
+        approval_requirement(matrix, Decimal("45"), "carla.cfo")
+
+
+def test_quote_refusals_name_the_rule(rules: BusinessRules) -> None:
+    refuse = lambda **f: price_quote(rules.catalog, rules.approvals, quote_request(**f)).refusal  # noqa: E731
+    assert "unknown SKU 'NOPE'" in str(refuse(lines=[{"sku": "NOPE", "quantity": 1}]))
+    assert "more than once" in str(
+        refuse(lines=[{"sku": "PLATFORM", "quantity": 1}, {"sku": "platform", "quantity": 2}])
+    )
+    assert "no JPY price" in str(refuse(currency="JPY"))
+
+
+def test_scoring_is_explained_and_routing_follows_rules(rules: BusinessRules) -> None:
+    assessment = assess_lead(
+        rules.policy, make_lead(employees=5000, country="DE", source="referral")
+    )
+    assert assessment.breakdown == {
+        "company_size": 35,
+        "source": 25,
+        "target_country": 15,
+        "corporate_email": 20,
+    }
+    assert assessment.owner == "erin.enterprise"
+    assert assess_lead(rules.policy, make_lead(country="FR", employees=20)).owner == "emil.emea"
+    assert assess_lead(rules.policy, make_lead(country="JP", employees=20)).owner == "sam.rep"
+
+
+def test_add_months_clamps_to_month_end() -> None:
+    start = datetime(2026, 1, 31, 9, tzinfo=UTC)
+    assert add_months(start, 1) == datetime(2026, 2, 28, 9, tzinfo=UTC)
+    assert add_months(start, 13) == datetime(2027, 2, 28, 9, tzinfo=UTC)
+    assert add_months(start, 12) == datetime(2027, 1, 31, 9, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("file", "broken", "message"),
+    [
+        ("approvers.toml", 'max_discount_percent = "20"', "roles must be listed from the lowest"),
+        ("catalog.toml", 'kind = "one_time"', "kind"),
+        (
+            "policy.toml",
+            "write_off_days_after_due = 60",
+            "write_off_days_after_due must come after",
+        ),
+        ("policy.toml", "[billing]", "not valid TOML"),
+    ],
+)
+def test_configuration_mistakes_name_the_file_and_field(
+    tmp_path: Path, file: str, broken: str, message: str
+) -> None:
+    folder = tmp_path / "config"
+    shutil.copytree(PROJECT_ROOT / "config", folder)
+    replacement = {
+        'max_discount_percent = "20"': 'max_discount_percent = "40"',
+        'kind = "one_time"': 'kind = "subscription"',
+        "write_off_days_after_due = 60": "write_off_days_after_due = 10",
+        "[billing]": "[billing",
+    }[broken]
+    path = folder / file
+    path.write_text(path.read_text().replace(broken, replacement, 1))
+    with pytest.raises(ConfigError) as error:
+        load_business_rules(folder)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_lead_input_refusals_name_the_field() -> None:
+    with pytest.raises(ValueError, match="contact_email"):
+        parse_lead(
+            {
+                "lead_id": "L-1",
+                "company": "A",
+                "contact_name": "B",
+                "contact_email": "nope",
+                "country": "US",
+            }
+        )
+    with pytest.raises(ValueError, match="company: Field required"):
+        parse_lead(
+            {"lead_id": "L-1", "contact_name": "B", "contact_email": "b@a.example", "country": "US"}
+        )
+    lead = parse_lead({"lead_id": "L-1", "company": "A", "contact_name": "B", "contact_email": "B@A.Example",
+                       "country": "us", "crm_id": "0061x"})  # fmt: skip
+    assert (
+        lead.contact_email == "B@a.example"
+        and lead.country == "US"
+        and lead.model_extra == {"crm_id": "0061x"}
+    )
+
+
+def test_lead_files_report_bad_rows_by_line(tmp_path: Path) -> None:
+    csv_file = tmp_path / "leads.csv"
+    csv_file.write_text(
+        "lead_id,company,contact_name,contact_email,country,employees\n"
+        "L-1,Acme,Ada,ada@acme.example,US,250\n"
+        "L-2,Globex,Hank,not-an-email,DE,10\n"
+        "L-3,Initech,Bill,bill@initech.example,GB,many\n"
+    )
+    leads, errors = read_leads(csv_file)
+    assert [lead.lead_id for lead in leads] == ["L-1"]
+    assert errors[0].startswith(f"{csv_file}:3: contact_email") and errors[1].startswith(
+        f"{csv_file}:4: employees"
+    )
+    jsonl = tmp_path / "leads.jsonl"
+    jsonl.write_text(json.dumps({"lead_id": "L-9"}) + "\n{oops\n")
+    leads, errors = read_leads(jsonl)
+    assert leads == [] and ":1: company" in errors[0] and ":2: not JSON" in errors[1]
+
+
+def test_starter_refuses_a_bad_lead_before_contacting_temporal() -> None:
+    bad = json.dumps(
+        {
+            "lead_id": "L-1",
+            "company": "Acme",
+            "contact_name": "Ada",
+            "contact_email": "ada@",
+            "country": "US",
+        }
+    )
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "starter.py"), "--lead", bad],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert "contact_email" in done.stderr and "valid e-mail" in done.stderr
