@@ -393,4 +393,29 @@ async def test_same_lead_twice_gives_one_deal(
     assert created and not created_again
     assert first.id == second.id == f"deal-{lead.lead_id}"
     assert (await first.describe()).run_id == (await second.describe()).run_id
+    # Terminate only at rest: the time-skipping server keeps time locked for an activity that was in
+    # flight when its workflow was terminated, which would freeze every later test.
+    await wait_for_stage(first, Stage.QUALIFIED)
     await first.terminate("test done")
+
+
+async def test_write_off_of_a_monthly_deal_stops_billing_and_leaves_nothing_open(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await quote_to_signature(handle, billing_period="monthly", term_months=24)
+    final = await handle.result()
+    assert final.stage == Stage.WRITTEN_OFF
+    # Invoice 1 is due on day 30 and written off on day 90: months 2-3 (and maybe 4) were billed too.
+    assert 3 <= len(final.invoices) <= 4
+    assert {i.status for i in final.invoices} == {"uncollectible"}
+    assert final.balance_due == ZERO
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[ACCOUNTS_RECEIVABLE] == ZERO
+    assert balances[DEFERRED_REVENUE] == ZERO
+    assert (
+        balances[BAD_DEBT_EXPENSE] == -balances[REVENUE_SUBSCRIPTION]
+    )  # what was delivered went unpaid
+    with Session(sqlite_ledger) as session:
+        rows = session.exec(select(InvoiceRecord).where(InvoiceRecord.deal_id == handle.id)).all()
+        assert len(rows) == len(final.invoices) and {r.status for r in rows} == {"uncollectible"}

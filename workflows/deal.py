@@ -108,6 +108,7 @@ class DealWorkflow:
         self._lost: MarkLost | None = None
         self._quote_versions = 0
         self._written_off = False
+        self._billing_step_running = False
         self._collections: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ the process
@@ -191,9 +192,10 @@ class DealWorkflow:
         while True:
             self._set_stage(Stage.QUALIFIED)
             await self._wait_for(lambda: self._quote_submission is not None)
-            submission, self._quote_submission = self._quote_submission, None
+            submission = self._quote_submission
             assert submission is not None
             quote, approval = await self.price_quote(submission)
+            self._quote_submission = None  # only now may the next quote be submitted
             if quote is None:
                 continue
             if approval is not None and not await self.get_discount_approved(quote, approval):
@@ -300,12 +302,16 @@ class DealWorkflow:
         assert activated_at is not None
         periods = {period.start_month: period for period in quote.billing_plan}
         for month in range(quote.term_months):
+            if self._written_off:
+                break
+            self._billing_step_running = True
             period = periods.get(month)
             if period is not None:
                 await self.issue_invoice(quote, period.index, activated_at)
             if month == 0 and quote.one_time_net > 0:
                 # Point in time: the one-time service is delivered once provisioning completes.
                 await self.recognize("onboarding", "services", quote.one_time_net, quote.currency)
+            self._billing_step_running = False
             if await self._wait_until(
                 add_months(activated_at, month + 1),
                 lambda: self._written_off,
@@ -313,12 +319,14 @@ class DealWorkflow:
             ):
                 break
             if quote.monthly_recurring_net > 0:
+                self._billing_step_running = True
                 await self.recognize(
                     f"month-{month + 1}",
                     "subscription",
                     quote.monthly_recurring_net,
                     quote.currency,
                 )
+                self._billing_step_running = False
         await workflow.wait_condition(
             lambda: self._written_off or all(i.status == "paid" for i in self.deal.invoices)
         )
@@ -408,6 +416,8 @@ class DealWorkflow:
 
     async def write_off(self, reason: str) -> None:
         self._written_off = True  # stops billing and every other invoice's dunning
+        # An invoice or posting already under way finishes first, so the write-off sees it.
+        await workflow.wait_condition(lambda: not self._billing_step_running)
         result = await self._call(
             BillingActivities.write_off_deal,
             WriteOffRequest(
@@ -576,7 +586,9 @@ class DealWorkflow:
             return
         invoice = next((i for i in self.deal.invoices if i.number == payment.invoice_number), None)
         reason = None
-        if payment.reference in self.deal.payment_references:
+        if self._written_off:
+            reason = "collection has ended: the deal's unpaid invoices are written off"
+        elif payment.reference in self.deal.payment_references:
             reason = f"reference {payment.reference} was already applied; counted once"
         elif invoice is None:
             known = ", ".join(i.number for i in self.deal.invoices) or "none yet"
