@@ -49,26 +49,20 @@ def _price_line(product: Product, quantity: int, request: QuoteRequest) -> Price
         )
     keep = (HUNDRED - request.submission.discount_percent) / HUNDRED
     term = request.submission.term_months
+    monthly_list: Decimal | None = None
+    monthly_net: Decimal | None = None
     if product.kind == "one_time":
         list_amount = to_cents(product.prices[currency] * quantity)
-        return PricedLine(
-            sku=product.sku,
-            name=product.name,
-            kind=product.kind,
-            unit=product.unit,
-            quantity=quantity,
-            monthly_list=None,
-            monthly_net=None,
-            list_amount=list_amount,
-            net_amount=to_cents(list_amount * keep),
-        )
-    if product.kind == "usage":
-        monthly_list = to_cents(graduated_price(product, quantity, currency))
+        net_amount = to_cents(list_amount * keep)
     else:
-        monthly_list = to_cents(product.prices[currency] * quantity)
-    # The defined rounding point: the discounted monthly amount is rounded once, and every
-    # invoice and recognition is a whole number of those months, so they add up to the cent.
-    monthly_net = to_cents(monthly_list * keep)
+        if product.kind == "usage":
+            monthly_list = to_cents(graduated_price(product, quantity, currency))
+        else:
+            monthly_list = to_cents(product.prices[currency] * quantity)
+        # The defined rounding point: the discounted monthly amount is rounded once, and every
+        # invoice and recognition is a whole number of those months, so they add up to the cent.
+        monthly_net = to_cents(monthly_list * keep)
+        list_amount, net_amount = monthly_list * term, monthly_net * term
     return PricedLine(
         sku=product.sku,
         name=product.name,
@@ -77,8 +71,8 @@ def _price_line(product: Product, quantity: int, request: QuoteRequest) -> Price
         quantity=quantity,
         monthly_list=monthly_list,
         monthly_net=monthly_net,
-        list_amount=monthly_list * term,
-        net_amount=monthly_net * term,
+        list_amount=list_amount,
+        net_amount=net_amount,
     )
 
 

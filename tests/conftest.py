@@ -52,24 +52,27 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
 
 
+def fresh_ledger(url: str) -> Engine:
+    engine = make_engine(url)
+    if not url.startswith("sqlite"):
+        SQLModel.metadata.drop_all(engine)  # the shared PostgreSQL test database starts empty
+    init_ledger(engine)
+    return engine
+
+
 @pytest.fixture(params=["sqlite", *(["postgres"] if POSTGRES_URL else [])])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A real, empty ledger: a SQLite file, and PostgreSQL when L2C_TEST_POSTGRES_URL is set."""
-    if request.param == "postgres":
-        assert POSTGRES_URL is not None
-        engine = make_engine(POSTGRES_URL)
-        SQLModel.metadata.drop_all(engine)
-    else:
-        engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    init_ledger(engine)
+    postgres = POSTGRES_URL if request.param == "postgres" else None
+    engine = fresh_ledger(postgres or f"sqlite:///{tmp_path / 'ledger.db'}")
     yield engine
     engine.dispose()
 
 
 @pytest.fixture
 def sqlite_ledger(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    init_ledger(engine)
+    """The SQLite ledger alone, for workflow tests (the ledger logic is tested on both above)."""
+    engine = fresh_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     yield engine
     engine.dispose()
 
