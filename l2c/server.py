@@ -47,8 +47,9 @@ def server_command(
         *search_attribute_flags(),
     ]  # fmt: skip
     if wal:
-        # WAL with synchronous=NORMAL: about 3x the default rollback-journal mode here, and still
-        # durable across a process crash (only an OS crash can lose the last transactions).
+        # WAL with synchronous=NORMAL: issue #2 reports about 3x the default rollback-journal mode on
+        # this machine (bench/ will measure it, issue #3); a process crash loses nothing, an OS
+        # crash can lose the last transactions.
         command += ["--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", "synchronous=NORMAL"]
     if headless:
         command.append("--headless")
