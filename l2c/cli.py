@@ -108,10 +108,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from l2c.server import start_server
 
     data_dir = Path(args.data_dir)
-    rules_check = load_business_rules(
-        Settings.from_env().config_dir
-    )  # fail fast on a config mistake
-    del rules_check
+    # Validate the configuration before starting a server, so a mistake is reported first and alone.
+    load_business_rules(Settings.from_env().config_dir)
     server = start_server(data_dir, args.port, args.ui_port)
     try:
         asyncio.run(_dev(args, data_dir))
