@@ -1,13 +1,10 @@
 """Demo deals for `l2c dev`: a few leads left at different stages so the Web UI has something to show."""
 
-import asyncio
+from temporalio.client import Client
 
-from temporalio.client import Client, WorkflowHandle
-
-from l2c.runtime import start_deal
+from l2c.runtime import start_deal, wait_for_state
 from models.deal import LeadInput, Stage
 from models.signals import QuoteLineInput, SubmitQuote
-from models.state import DealState
 
 DEMO_LEADS = [
     LeadInput(lead_id="L-1001", company="Acme Corp", contact_name="Ada Lovelace",
@@ -36,18 +33,7 @@ async def start_demo_deals(client: Client, task_queue: str) -> list[str]:
         started.append(handle.id)
         quote = DEMO_QUOTES.get(lead.lead_id)
         if created and quote is not None:
-            await wait_for_stage(handle, Stage.QUALIFIED)
+            # Quotes are accepted once the deal is qualified.
+            await wait_for_state(handle, lambda s: s.stage == Stage.QUALIFIED, timeout=60)
             await handle.signal("submit_quote", quote)
     return started
-
-
-async def wait_for_stage(
-    handle: WorkflowHandle[object, object], stage: Stage, timeout: float = 60
-) -> None:
-    """Poll the `state` query until the deal reaches `stage` (quotes are accepted once qualified)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            state = await handle.query("state", result_type=DealState)
-            if state.stage == stage:
-                return
-            await asyncio.sleep(0.2)

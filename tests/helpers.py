@@ -1,6 +1,5 @@
 """Helpers for driving deals in tests the way ops staff would: signals, queries, the clock."""
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,6 +12,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.runtime import start_deal
+from l2c.runtime import wait_for_state as wait_until
 from models.deal import LeadInput, Stage
 from models.ledger import JournalEntry, JournalLine
 from models.money import ZERO
@@ -44,18 +44,6 @@ async def start(client: Client, task_queue: str, **overrides: Any) -> Handle:
 
 async def state_of(handle: Handle) -> DealState:
     return await handle.query("state", result_type=DealState)
-
-
-async def wait_until(
-    handle: Handle, check: Callable[[DealState], bool], timeout: float = 20
-) -> DealState:
-    """Poll in real time (activities are running) until `check` holds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            state = await state_of(handle)
-            if check(state):
-                return state
-            await asyncio.sleep(0.05)
 
 
 async def wait_for_stage(handle: Handle, stage: Stage, timeout: float = 20) -> DealState:

@@ -9,31 +9,19 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
-
 from l2c.config import Settings, load_business_rules
-from l2c.db import init_ledger, make_engine
 from l2c.runtime import build_worker
 from models.deal import Stage
-from models.search import ALL_KEYS
-from tests.conftest import BIN
+from tests.conftest import fresh_ledger, start_time_skipping_env
 from tests.helpers import advance_until, signal, start, wait_for_stage, wait_until
 
 OUT = Path(__file__).parent / "histories"
 
 
 async def main() -> None:
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-    )
-    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-        namespace="default", search_attributes={k.name: k.indexed_value_type for k in ALL_KEYS}))  # fmt: skip
+    env = await start_time_skipping_env()
     with tempfile.TemporaryDirectory() as tmp:
-        engine = make_engine(f"sqlite:///{tmp}/ledger.db")
-        init_ledger(engine)
+        engine = fresh_ledger(f"sqlite:///{tmp}/ledger.db")
         settings = Settings(database_url="", task_queue="record")
         async with env, build_worker(env.client, engine, load_business_rules(), settings):
             handle = await start(env.client, "record", lead_id="L-recorded-1")
