@@ -213,6 +213,22 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_ledger(_args: argparse.Namespace) -> int:
+    from l2c.ledger_check import check_ledger
+    from l2c.runtime import open_ledger
+
+    settings = Settings.from_env()
+    engine = open_ledger(settings)
+    problems = check_ledger(engine)
+    for problem in problems:
+        print(f"BROKEN {problem}")
+    print(
+        f"ledger {engine.url!r}: "
+        + ("sound" if not problems else f"{len(problems)} broken invariant(s)")
+    )
+    return 1 if problems else 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -259,15 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
     report = audit_sub.add_parser("report", help="a deal's decision timeline")
     report.add_argument("workflow_id")
     report.set_defaults(func=cmd_audit_report)
+    ledger = audit_sub.add_parser(
+        "ledger",
+        help="check the ledger: gap-free invoice numbers, payments applied once, balanced entries",
+    )
+    ledger.set_defaults(func=cmd_audit_ledger)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except ConfigError as err:
         return _fail(f"configuration error: {err}")
+    except ConnectionError as err:
+        return _fail(str(err))
     except KeyboardInterrupt:
         return 130
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.deal import TASK_QUEUE, DealPolicy
+from models.deal import TASK_QUEUE, ActivityTiming, DealPolicy
 from models.validation import explain
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -182,6 +182,11 @@ class DunningConfig(_Strict):
         return self
 
 
+class ClockConfig(_Strict):
+    # 0 means calendar months. Demos and crash tests compress a month to this many seconds.
+    month_seconds: int = Field(default=0, ge=0)
+
+
 class PolicyConfig(_Strict):
     scoring: ScoringConfig
     engagement: EngagementConfig
@@ -189,6 +194,8 @@ class PolicyConfig(_Strict):
     routing: RoutingConfig
     billing: BillingConfig
     dunning: DunningConfig
+    activities: ActivityTiming = ActivityTiming()
+    clock: ClockConfig = ClockConfig()
 
     def deal_policy(self) -> DealPolicy:
         return DealPolicy(
@@ -199,6 +206,8 @@ class PolicyConfig(_Strict):
             payment_terms_days=self.billing.payment_terms_days,
             reminder_days_after_due=list(self.dunning.reminder_days_after_due),
             write_off_days_after_due=self.dunning.write_off_days_after_due,
+            activities=self.activities,
+            month_seconds=self.clock.month_seconds,
         )
 
 
@@ -243,13 +252,18 @@ class Settings(BaseModel):
     smtp_host: str | None = None
     smtp_port: int = 25
     mail_from: str = "billing@seller.example"
+    # How many open deals a worker keeps in memory; beyond it, a deal is rebuilt from its history
+    # when it next has work (correct, only slower).
+    max_cached_workflows: int = Field(default=2000, ge=0)
+    # Fault injection for tests and drills (l2c/faults.py): activity name -> fault, as JSON.
+    faults_json: str | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
         env = os.environ
         data_dir = Path(env.get("L2C_DATA_DIR", PROJECT_ROOT / "data"))
         try:
-            return cls(
+            settings = cls(
                 temporal_address=env.get("TEMPORAL_ADDRESS", "localhost:7233"),
                 namespace=env.get("TEMPORAL_NAMESPACE", "default"),
                 data_dir=data_dir,
@@ -258,6 +272,13 @@ class Settings(BaseModel):
                 smtp_host=env.get("L2C_SMTP_HOST") or None,
                 smtp_port=int(env.get("L2C_SMTP_PORT", "25")),
                 mail_from=env.get("L2C_MAIL_FROM", "billing@seller.example"),
+                max_cached_workflows=int(env.get("L2C_MAX_CACHED_WORKFLOWS", "2000")),
+                faults_json=env.get("L2C_FAULTS") or None,
             )
         except (ValueError, ValidationError) as err:
             raise ConfigError(f"environment: {err}") from None
+        if settings.faults_json:
+            from l2c.faults import FaultPlan  # checked now, so a typo stops the worker at start
+
+            FaultPlan.parse(settings.faults_json)
+        return settings

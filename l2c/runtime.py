@@ -1,6 +1,7 @@
 """Connecting to Temporal, building the worker, starting deals: shared by the CLI, tests and bench."""
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,6 +21,7 @@ from temporalio.worker import Worker
 from activities import build_activities
 from l2c.config import BusinessRules, Settings
 from l2c.db import init_ledger, make_engine
+from l2c.faults import FaultInjector, FaultPlan
 from l2c.mail import Mailer
 from models.deal import WORKFLOW_TYPE, LeadInput, Stage, workflow_id_for
 from models.search import DEAL_STAGE
@@ -28,11 +30,17 @@ from workflows.deal import DealWorkflow
 
 
 async def connect(settings: Settings) -> Client:
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.namespace,
-        data_converter=pydantic_data_converter,
-    )
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.namespace,
+            data_converter=pydantic_data_converter,
+        )
+    except RuntimeError as err:  # the SDK reports an unreachable server as a RuntimeError
+        raise ConnectionError(
+            f"cannot reach Temporal at {settings.temporal_address} "
+            f"(set TEMPORAL_ADDRESS, or start one with `l2c server`): {err}"
+        ) from None
 
 
 def open_ledger(settings: Settings) -> Engine:
@@ -49,14 +57,22 @@ def build_worker(
     task_queue: str | None = None,
 ) -> Worker:
     mailer = Mailer(engine, settings.smtp_host, settings.smtp_port, settings.mail_from)
+    activities = build_activities(engine, rules, mailer)
+    interceptors = []
+    if settings.faults_json:
+        plan = FaultPlan.parse(settings.faults_json, {fn.__name__ for fn in activities})
+        logging.getLogger(__name__).warning("FAULT INJECTION ON: %s", settings.faults_json)
+        interceptors.append(FaultInjector(plan))
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[DealWorkflow],
-        activities=build_activities(engine, rules, mailer),
+        activities=activities,
         # Ledger activities are synchronous SQLAlchemy code: they run on threads.
         activity_executor=ThreadPoolExecutor(max_workers=16),
         max_concurrent_activities=16,
+        max_cached_workflows=settings.max_cached_workflows,
+        interceptors=interceptors,
     )
 
 

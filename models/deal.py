@@ -1,10 +1,12 @@
 """The deal's input, its stages and the policy snapshot it runs under."""
 
 import re
+from datetime import datetime, timedelta
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.calendar import add_months
 from models.money import CurrencyCode
 
 TASK_QUEUE = "lead-to-cash"
@@ -81,6 +83,23 @@ class LeadInput(BaseModel):
         return value.strip().lower() if isinstance(value, str) else value
 
 
+class ActivityTiming(BaseModel):
+    """How long an activity attempt may take, and how failed attempts back off (they never stop)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A stuck attempt (a hung database or mail server) is abandoned and retried after this long.
+    timeout_seconds: int = Field(default=60, ge=1, le=3600)
+    retry_initial_seconds: float = Field(default=1.0, ge=0.01, le=3600)
+    retry_maximum_seconds: float = Field(default=120.0, ge=0.01, le=86400)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ActivityTiming":
+        if self.retry_maximum_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_maximum_seconds must be at least retry_initial_seconds")
+        return self
+
+
 class DealPolicy(BaseModel):
     """The timing and scoring rules a deal runs under, snapshotted from configuration at its start."""
 
@@ -91,3 +110,12 @@ class DealPolicy(BaseModel):
     payment_terms_days: int
     reminder_days_after_due: list[int]
     write_off_days_after_due: int
+    # Defaults keep deals recorded before these settings existed replaying as they ran.
+    activities: ActivityTiming = ActivityTiming()
+    month_seconds: int = 0
+
+    def months_after(self, start: datetime, months: int) -> datetime:
+        """A billing or recognition boundary: calendar months, or `month_seconds` in a compressed demo."""
+        if self.month_seconds:
+            return start + timedelta(seconds=self.month_seconds * months)
+        return add_months(start, months)

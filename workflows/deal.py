@@ -23,8 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.leads import LeadActivities
     from activities.quotes import QuoteActivities
     from activities.revenue import RevenueActivities
-    from models.calendar import add_months
-    from models.deal import WORKFLOW_TYPE, DealPolicy, LeadInput, Stage
+    from models.deal import WORKFLOW_TYPE, ActivityTiming, DealPolicy, LeadInput, Stage
     from models.documents import (
         ApprovalRequirement,
         ContractRequest,
@@ -60,15 +59,22 @@ P = TypeVar("P", bound=BaseModel)
 # A signal sent with no input at all still reaches its handler, which refuses it with a reason.
 NO_PAYLOAD = RawValue(Payload())
 
-ACTIVITY_TIMEOUT = timedelta(seconds=60)
-# Ledger and mail steps retry until they succeed: an outage delays a deal, it never loses a step.
-# A LedgerConflict means the ledger disagrees with the deal; retrying cannot fix that.
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    non_retryable_error_types=["LedgerConflict", "UnbalancedEntry"],
-)
+
+def activity_options(timing: ActivityTiming) -> dict[str, Any]:
+    """Ledger and mail steps retry until they succeed: an outage delays a deal, never loses a step.
+
+    A LedgerConflict means the ledger disagrees with the deal; retrying cannot fix that.
+    """
+    return {
+        "start_to_close_timeout": timedelta(seconds=timing.timeout_seconds),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=timing.retry_initial_seconds),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=timing.retry_maximum_seconds),
+            non_retryable_error_types=["LedgerConflict", "UnbalancedEntry"],
+        ),
+    }
+
 
 BEFORE_SIGNATURE = (
     Stage.NEW,
@@ -313,7 +319,7 @@ class DealWorkflow:
                 await self.recognize("onboarding", "services", quote.one_time_net, quote.currency)
             self._billing_step_running = False
             if await self._wait_until(
-                add_months(activated_at, month + 1),
+                self.policy.months_after(activated_at, month + 1),
                 lambda: self._written_off,
                 f"end of month {month + 1}",
             ):
@@ -337,6 +343,11 @@ class DealWorkflow:
         period = quote.billing_plan[period_index]
         issued_at = workflow.now()
         due_at = issued_at + timedelta(days=self.policy.payment_terms_days)
+        service_from = self.policy.months_after(activated_at, period.start_month).date()
+        period_end = self.policy.months_after(activated_at, period.start_month + period.months)
+        # The last day of service is the day before the next period starts (the same day when a
+        # compressed demo month is shorter than a day).
+        service_to = max(service_from, (period_end - timedelta(days=1)).date())
         issued = await self._call(
             BillingActivities.issue_invoice,
             InvoiceRequest(
@@ -346,10 +357,8 @@ class DealWorkflow:
                 currency=quote.currency,
                 issued_on=issued_at.date(),
                 due_date=due_at.date(),
-                service_from=add_months(activated_at, period.start_month).date(),
-                service_to=(
-                    add_months(activated_at, period.start_month + period.months) - timedelta(days=1)
-                ).date(),
+                service_from=service_from,
+                service_to=service_to,
             ),
             f"issue invoice for period {period_index + 1}",
         )
@@ -755,12 +764,11 @@ class DealWorkflow:
 
     async def _call(self, activity: Callable[..., Any], arg: Any, summary: str) -> Any:
         args = [] if arg is None else [arg]
+        # Until the first activity has loaded the deal's policy, the default timing applies.
+        policy = self.deal.policy
+        timing = policy.activities if policy is not None else ActivityTiming()
         return await workflow.execute_activity_method(
-            activity,
-            args=args,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=RETRY,
-            summary=summary,
+            activity, args=args, summary=summary, **activity_options(timing)
         )
 
     @property

@@ -1,0 +1,109 @@
+"""Ledger integrity: the invariants a finance team relies on, checked against the database itself.
+
+`l2c audit ledger` runs these, and so do the crash and fault tests after they have done their worst.
+"""
+
+import re
+from collections import Counter, defaultdict
+from decimal import Decimal
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from l2c.db import INVOICE_SERIES
+from models.ledger import (
+    InvoiceLineRecord,
+    InvoiceRecord,
+    JournalEntry,
+    JournalLine,
+    NumberSeries,
+    PaymentRecordRow,
+)
+from models.money import ZERO
+
+_NUMBER = re.compile(rf"^{INVOICE_SERIES}-(\d+)$")
+
+
+def check_ledger(engine: Engine) -> list[str]:
+    """Every broken invariant, one sentence each; an empty list means the ledger is sound."""
+    problems: list[str] = []
+    with Session(engine) as session:
+        invoices = session.exec(select(InvoiceRecord)).all()
+        payments = session.exec(select(PaymentRecordRow)).all()
+        entries = session.exec(select(JournalEntry)).all()
+        lines = session.exec(select(JournalLine)).all()
+        invoice_lines = session.exec(select(InvoiceLineRecord)).all()
+        series = session.get(NumberSeries, INVOICE_SERIES)
+
+    # Invoice numbers: gap-free from 1, each used once, and the series points just past the last.
+    numbers = []
+    for invoice in invoices:
+        match = _NUMBER.match(invoice.number)
+        if match is None:
+            problems.append(
+                f"invoice number {invoice.number!r} is not in the {INVOICE_SERIES} series"
+            )
+        else:
+            numbers.append(int(match.group(1)))
+    if sorted(numbers) != list(range(1, len(numbers) + 1)):
+        missing = sorted(set(range(1, max(numbers, default=0) + 1)) - set(numbers))
+        problems.append(f"invoice numbers are not gap-free: missing {missing[:10]}")
+    if series is not None and series.next_value != len(numbers) + 1:
+        problems.append(
+            f"number series {INVOICE_SERIES} is at {series.next_value}, "
+            f"but {len(numbers)} invoices exist"
+        )
+    periods = Counter((invoice.deal_id, invoice.period_index) for invoice in invoices)
+    problems += [
+        f"{deal} period {period} invoiced {n} times"
+        for (deal, period), n in periods.items()
+        if n > 1
+    ]
+
+    # Invoice lines add up to the invoice.
+    line_totals: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for line in invoice_lines:
+        line_totals[line.invoice_number] += line.amount
+    for invoice in invoices:
+        if line_totals[invoice.number] != invoice.amount:
+            problems.append(
+                f"{invoice.number}: lines add to {line_totals[invoice.number]}, invoice says {invoice.amount}"
+            )
+
+    # Payments: each reference once per deal, and what an invoice shows as paid is what was applied.
+    references = Counter((p.deal_id, p.reference) for p in payments)
+    problems += [
+        f"payment {ref} of {deal} applied {n} times"
+        for (deal, ref), n in references.items()
+        if n > 1
+    ]
+    paid: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for payment in payments:
+        paid[payment.invoice_number] += payment.amount
+    for invoice in invoices:
+        if paid[invoice.number] != invoice.amount_paid:
+            problems.append(
+                f"{invoice.number}: payments add to {paid[invoice.number]}, invoice shows {invoice.amount_paid} paid"
+            )
+        if invoice.amount_paid > invoice.amount:
+            problems.append(f"{invoice.number}: paid {invoice.amount_paid} of {invoice.amount}")
+        if invoice.status == "paid" and invoice.amount_paid != invoice.amount:
+            problems.append(
+                f"{invoice.number}: marked paid with {invoice.amount_paid} of {invoice.amount}"
+            )
+
+    # Journal: every entry has lines and balances.
+    by_entry: dict[int, list[JournalLine]] = defaultdict(list)
+    for line in lines:
+        by_entry[line.entry_id].append(line)
+    for entry in entries:
+        assert entry.id is not None
+        debit = sum((line.debit for line in by_entry[entry.id]), ZERO)
+        credit = sum((line.credit for line in by_entry[entry.id]), ZERO)
+        if not by_entry[entry.id]:
+            problems.append(f"journal entry {entry.entry_key} has no lines")
+        elif debit != credit:
+            problems.append(
+                f"journal entry {entry.entry_key} does not balance: {debit} != {credit}"
+            )
+    return problems
