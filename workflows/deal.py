@@ -60,6 +60,12 @@ P = TypeVar("P", bound=BaseModel)
 NO_PAYLOAD = RawValue(Payload())
 
 
+# The first activity loads the policy, which sets the timing of every later one. It only reads
+# configuration the worker holds in memory, so an attempt lost with a crashed worker is retried
+# after seconds rather than after the minute the default policy allows.
+POLICY_LOAD_TIMING = ActivityTiming(timeout_seconds=5)
+
+
 def activity_options(timing: ActivityTiming) -> dict[str, Any]:
     """Ledger and mail steps retry until they succeed: an outage delays a deal, never loses a step.
 
@@ -764,9 +770,8 @@ class DealWorkflow:
 
     async def _call(self, activity: Callable[..., Any], arg: Any, summary: str) -> Any:
         args = [] if arg is None else [arg]
-        # Until the first activity has loaded the deal's policy, the default timing applies.
         policy = self.deal.policy
-        timing = policy.activities if policy is not None else ActivityTiming()
+        timing = policy.activities if policy is not None else POLICY_LOAD_TIMING
         return await workflow.execute_activity_method(
             activity, args=args, summary=summary, **activity_options(timing)
         )
