@@ -13,13 +13,18 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from l2c.runtime import workflow_runner
 from models.state import DealState
 from workflows.deal import DealWorkflow
 
 
 async def replay_files(paths: list[Path]) -> list[tuple[Path, str | None]]:
     """Replay each history; (path, None) when it replays, else (path, why not)."""
-    replayer = Replayer(workflows=[DealWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[DealWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
     results: list[tuple[Path, str | None]] = []
     for path in paths:
         try:

