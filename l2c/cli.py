@@ -176,13 +176,13 @@ Ctrl-C stops the worker and the server; deals continue on the next `l2c dev`.
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
-    from l2c.audit import replay_files
+    from l2c.audit import replay_in_parallel
 
-    paths = [Path(p) for p in args.histories]
+    paths = list(dict.fromkeys(Path(p) for p in args.histories))
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         return _fail(f"no such history file: {', '.join(missing)}")
-    results = asyncio.run(replay_files(paths))
+    results = replay_in_parallel(paths, args.jobs)
     failed = 0
     for path, problem in results:
         print(
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="replay exported histories (temporal workflow show --output json)"
     )
     replay.add_argument("histories", nargs="+")
+    replay.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one per CPU)"
+    )
     replay.set_defaults(func=cmd_audit_replay)
     report = audit_sub.add_parser("report", help="a deal's decision timeline")
     report.add_argument("workflow_id")

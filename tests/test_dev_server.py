@@ -91,6 +91,14 @@ async def test_deal_on_the_dev_server_replays_from_the_cli_export(
     assert replay.returncode == 1
     assert "FAILED" in replay.stdout and "tampered.json" in replay.stdout
 
+    # So is a JSON file that is not a history (the SDK's replayer would stall on it).
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"events": []}')
+    replay = subprocess.run([str(BIN / "l2c"), "audit", "replay", str(empty)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert replay.returncode == 1
+    assert "empty.json: not a workflow history" in replay.stdout
+
 
 def test_committed_histories_replay_against_todays_code() -> None:
     histories = sorted((Path(__file__).parent / "histories").glob("*.json"))
