@@ -23,6 +23,7 @@ from l2c.journal import (
     UnbalancedEntry,
     post_entry,
 )
+from l2c.ledger_check import check_ledger
 from l2c.mail import Mailer
 from l2c.mailcatcher import MailCatcher
 from models.documents import (
@@ -33,7 +34,14 @@ from models.documents import (
     RevenueRecognition,
     WriteOffRequest,
 )
-from models.ledger import InvoiceRecord, JournalEntry, OutboxEmail, PaymentRecordRow
+from models.ledger import (
+    InvoiceRecord,
+    JournalEntry,
+    JournalLine,
+    NumberSeries,
+    OutboxEmail,
+    PaymentRecordRow,
+)
 from models.money import ZERO
 from models.signals import SubmitQuote
 from tests.helpers import account_balances, make_lead
@@ -191,3 +199,35 @@ def test_email_waits_in_the_outbox_without_a_mail_server(ledger: Engine) -> None
     with Session(ledger) as session:
         row = session.get(OutboxEmail, "k1")
         assert row is not None and row.sent_at is None
+
+
+def test_ledger_audit_names_each_broken_invariant(ledger: Engine, rules: BusinessRules) -> None:
+    billing = BillingActivities(ledger, Mailer(ledger, None, 25, "x@y.example"))
+    first = env.run(billing.issue_invoice, invoice_request(rules, ledger, "deal-A"))
+    env.run(billing.issue_invoice, invoice_request(rules, ledger, "deal-B"))
+    env.run(billing.apply_payment, PaymentRecord(
+        deal_id="deal-A", invoice_number=first.number, amount=Decimal("100.00"), currency="USD",
+        reference="R-1", recorded_by="ar", received_at=NOW))  # fmt: skip
+    assert check_ledger(ledger) == []
+
+    with Session(ledger) as session:  # what no activity may ever do: edit the ledger behind it
+        gone = session.get(InvoiceRecord, first.number)
+        assert gone is not None
+        gone.amount_paid = Decimal("50.00")
+        session.add(gone)
+        entry = session.exec(select(JournalEntry)).first()
+        assert entry is not None
+        entry_key = entry.entry_key
+        line = session.exec(select(JournalLine).where(JournalLine.entry_id == entry.id)).first()
+        assert line is not None
+        line.debit += Decimal("0.01")
+        session.add(line)
+        series = session.get(NumberSeries, "INV")
+        assert series is not None
+        series.next_value = 5
+        session.add(series)
+        session.commit()
+    problems = check_ledger(ledger)
+    assert any("payments add to 100.00, invoice shows 50.00 paid" in p for p in problems), problems
+    assert any(f"journal entry {entry_key} does not balance" in p for p in problems), problems
+    assert any("number series INV is at 5, but 2 invoices exist" in p for p in problems), problems

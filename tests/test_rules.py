@@ -1,6 +1,7 @@
 """Pure rules: pricing, approval authority, billing plans, scoring, configuration, lead input."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l2c.config import PROJECT_ROOT, BusinessRules, ConfigError, load_business_rules
+from l2c.drill import drill_config
+from l2c.faults import FaultPlan
 from l2c.leads_io import parse_lead, read_leads
 from l2c.pricing import QuoteRefused, approval_requirement, graduated_price, price_quote
 from l2c.scoring import assess_lead
@@ -204,3 +207,30 @@ def test_starter_refuses_a_bad_lead_before_contacting_temporal() -> None:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2
     assert "contact_email" in done.stderr and "valid e-mail" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{", "L2C_FAULTS is not JSON"),
+        ('{"issue_invoice": {"kind": "explode"}}', "faults.issue_invoice.kind"),
+        ('{"issue_invoice": {"kind": "error", "attempts": 0}}', "faults.issue_invoice.attempts"),
+        ('{"issue_invoce": {"kind": "error"}}', "unknown activities ['issue_invoce']"),
+    ],
+)
+def test_a_fault_plan_with_a_mistake_is_refused_with_its_reason(text: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        FaultPlan.parse(text, {"issue_invoice", "apply_payment"})
+
+
+def test_drill_config_changes_only_the_named_settings(tmp_path: Path) -> None:
+    folder = drill_config(tmp_path / "config", month_seconds=2, retry_initial_seconds=0.1)
+    policy = load_business_rules(folder).policy
+    assert policy.clock.month_seconds == 2
+    assert policy.activities.retry_initial_seconds == 0.1
+    assert policy.activities.timeout_seconds == 60
+    assert policy.deal_policy().months_after(datetime(2026, 1, 31, tzinfo=UTC), 3) == datetime(
+        2026, 1, 31, 0, 0, 6, tzinfo=UTC
+    )
+    with pytest.raises(KeyError, match="no_such_setting"):
+        drill_config(tmp_path / "other", no_such_setting=1)
