@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -125,6 +126,8 @@ async def start_time_skipping_env() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
+        # The SDK's 5-second default is too short on a busy 2-core CI machine.
+        test_server_startup_timeout=timedelta(seconds=60),
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
