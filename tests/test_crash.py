@@ -29,7 +29,8 @@ from models.deal import TASK_QUEUE, Stage
 from models.ledger import InvoiceRecord, PaymentRecordRow
 from tests.helpers import account_balances, make_lead
 
-pytestmark = pytest.mark.devserver
+# Not in the default run while docs/findings/signal-order is open: `bin/test -m chaos`.
+pytestmark = [pytest.mark.devserver, pytest.mark.chaos]
 
 DEALS = 50
 WORKER_KILLS = 6
