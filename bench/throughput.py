@@ -22,18 +22,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from bench.bare import BareScript, script_from_history
 from bench.report import machine, print_table
 from l2c.drill import Drill, drill_config, start_process
-from l2c.playbook import DealPlay, play_deal
+from l2c.playbook import DRILL_QUOTES, DealPlay, play_deal
 from models.deal import TASK_QUEUE, LeadInput, Stage
 
 MONTH_SECONDS = 2
-QUOTES: list[dict[str, Any]] = [
-    {"lines": [{"sku": "PLATFORM", "quantity": 10}], "discount_percent": "0",
-     "term_months": 2, "billing_period": "monthly"},
-    {"lines": [{"sku": "PLATFORM", "quantity": 20}, {"sku": "ONBOARDING", "quantity": 1}],
-     "discount_percent": "15", "term_months": 2, "billing_period": "upfront"},
-    {"lines": [{"sku": "PLATFORM", "quantity": 5}, {"sku": "API_CALLS", "quantity": 200}],
-     "discount_percent": "5", "term_months": 3, "billing_period": "monthly"},
-]  # fmt: skip
 BARE_QUEUE = "bare-engine"
 
 
@@ -45,7 +37,7 @@ def deal_plays(count: int, tag: str) -> list[DealPlay]:
                 contact_name="Ada Lovelace", contact_email=f"ada{n}@bench{n}.example",
                 source="web", country="US", employees=250, currency="USD",
             ),
-            quote={"submitted_by": "nora.na", **QUOTES[n % len(QUOTES)]},
+            quote={"submitted_by": "nora.na", **DRILL_QUOTES[n % len(DRILL_QUOTES)]},
         )
         for n in range(count)
     ]  # fmt: skip
@@ -92,7 +84,7 @@ async def bare_deals(client: Client, scripts: list[BareScript], count: int, tag:
 
 async def derive_scripts(client: Client, tag: str) -> list[BareScript]:
     """One real deal of each quote kind, played alone; its history is the bare engine's script."""
-    plays = deal_plays(len(QUOTES), f"{tag}-script")
+    plays = deal_plays(len(DRILL_QUOTES), f"{tag}-script")
     await asyncio.gather(*(play_deal(client, p, TASK_QUEUE, poll_seconds=0.5) for p in plays))
     scripts = []
     for play in plays:

@@ -21,6 +21,19 @@ from models.state import DealState
 
 TERMINAL = {Stage.WON, Stage.LOST, Stage.DISQUALIFIED, Stage.WRITTEN_OFF}
 
+# The deals drills and benchmarks play, short enough to finish their term with compressed months.
+DRILL_QUOTES: list[dict[str, Any]] = [
+    # Two monthly invoices, no approval needed.
+    {"lines": [{"sku": "PLATFORM", "quantity": 10}], "discount_percent": "0",
+     "term_months": 2, "billing_period": "monthly"},
+    # One upfront invoice with onboarding; 15% needs a manager's approval.
+    {"lines": [{"sku": "PLATFORM", "quantity": 20}, {"sku": "ONBOARDING", "quantity": 1}],
+     "discount_percent": "15", "term_months": 2, "billing_period": "upfront"},
+    # Three monthly invoices with tiered usage.
+    {"lines": [{"sku": "PLATFORM", "quantity": 5}, {"sku": "API_CALLS", "quantity": 200}],
+     "discount_percent": "5", "term_months": 3, "billing_period": "monthly"},
+]  # fmt: skip
+
 
 @dataclass
 class DealPlay:

@@ -24,7 +24,7 @@ from l2c.db import make_engine
 from l2c.drill import Drill, drill_config
 from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, DEFERRED_REVENUE
 from l2c.ledger_check import check_ledger
-from l2c.playbook import DealPlay, payment_reference, play_deals
+from l2c.playbook import DRILL_QUOTES, DealPlay, payment_reference, play_deals
 from models.deal import TASK_QUEUE, Stage
 from models.ledger import InvoiceRecord, PaymentRecordRow
 from tests.helpers import account_balances, make_lead
@@ -35,25 +35,13 @@ pytestmark = [pytest.mark.devserver, pytest.mark.chaos]
 DEALS = 50
 WORKER_KILLS = 6
 
-QUOTES: list[dict[str, Any]] = [
-    # Two monthly invoices, no approval needed.
-    {"lines": [{"sku": "PLATFORM", "quantity": 10}], "discount_percent": "0",
-     "term_months": 2, "billing_period": "monthly"},
-    # One upfront invoice with onboarding; 15% needs a manager's approval.
-    {"lines": [{"sku": "PLATFORM", "quantity": 20}, {"sku": "ONBOARDING", "quantity": 1}],
-     "discount_percent": "15", "term_months": 2, "billing_period": "upfront"},
-    # Three monthly invoices with tiered usage.
-    {"lines": [{"sku": "PLATFORM", "quantity": 5}, {"sku": "API_CALLS", "quantity": 200}],
-     "discount_percent": "5", "term_months": 3, "billing_period": "monthly"},
-]  # fmt: skip
-
 
 def plays() -> list[DealPlay]:
     run = f"{int(time.time())}"
     return [
         DealPlay(
             lead=make_lead(lead_id=f"L-crash-{run}-{n:03d}", company=f"Crash Test {n} Ltd"),
-            quote={"submitted_by": "nora.na", **QUOTES[n % len(QUOTES)]},
+            quote={"submitted_by": "nora.na", **DRILL_QUOTES[n % len(DRILL_QUOTES)]},
         )
         for n in range(DEALS)
     ]
