@@ -37,13 +37,10 @@ DRILL_QUOTES: list[dict[str, Any]] = [
 
 @dataclass
 class DealPlay:
-    """One deal to play: the lead, the quote ops will submit, and what happened on the way."""
+    """One deal to play: the lead, the quote ops will submit, and the signals already sent."""
 
     lead: LeadInput
     quote: dict[str, Any]
-    signals_sent: int = 0
-    rpc_errors: int = 0
-    final: DealState | None = None
     _done: set[str] = field(default_factory=set)
 
 
@@ -65,18 +62,16 @@ async def play_deal(
     while handle is None:
         try:
             handle, _ = await start_deal(client, play.lead, task_queue)
-        except RPCError:
-            play.rpc_errors += 1
+        except RPCError:  # server down for now: try again shortly
             await asyncio.sleep(poll_seconds)
     while True:
         try:
             state = await handle.query("state", result_type=DealState, rpc_timeout=rpc_timeout)
             if state.stage in TERMINAL:
-                play.final = state
                 return state
             await _act(handle, play, state, rpc_timeout)
         except (RPCError, WorkflowQueryFailedError, TimeoutError):
-            play.rpc_errors += 1  # worker or server down for now: look again shortly
+            pass  # worker or server down for now: look again shortly
         # Jitter keeps many plays from polling in lockstep.
         await asyncio.sleep(poll_seconds * random.uniform(0.5, 1.5))
 
@@ -92,7 +87,6 @@ async def _act(
             return
         await handle.signal(name, payload, rpc_timeout=rpc_timeout)
         play._done.add(key)
-        play.signals_sent += 1
 
     if state.stage == Stage.QUALIFIED and state.quote is None:
         await send("quote", "submit_quote", play.quote)
