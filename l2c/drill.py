@@ -29,14 +29,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def drill_config(folder: Path, **policy: float) -> Path:
+def drill_config(folder: Path, **policy: float | list[int]) -> Path:
     """The project's configuration with some policy.toml settings changed, e.g. `month_seconds=2`
     (a compressed month) or `timeout_seconds=4` (short activity timeouts)."""
     shutil.copytree(PROJECT_ROOT / "config", folder, dirs_exist_ok=True)
     path = folder / "policy.toml"
     text = path.read_text(encoding="utf-8")
     for key, value in policy.items():
-        text, found = re.subn(rf"(?m)^{key} = \S+", f"{key} = {value}", text)
+        text, found = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
         if found != 1:
             raise KeyError(f"policy.toml has no single setting {key!r}")
     path.write_text(text, encoding="utf-8")

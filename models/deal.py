@@ -119,3 +119,7 @@ class DealPolicy(BaseModel):
         if self.month_seconds:
             return start + timedelta(seconds=self.month_seconds * months)
         return add_months(start, months)
+
+    def write_off_at(self, due_at: datetime) -> datetime:
+        """When an invoice due at `due_at` and still unpaid is written off."""
+        return due_at + timedelta(days=self.write_off_days_after_due)

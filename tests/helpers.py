@@ -1,5 +1,6 @@
 """Helpers for driving deals in tests the way ops staff would: signals, queries, the clock."""
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -40,6 +41,20 @@ async def start(client: Client, task_queue: str, **overrides: Any) -> Handle:
     handle, created = await start_deal(client, make_lead(**overrides), task_queue)
     assert created
     return handle
+
+
+async def final_state(handle: Handle, timeout: float = 60) -> DealState:
+    """The deal's result. Bounded, so a run the time-skipping server strands fails the test instead
+    of hanging the suite: the server refuses a workflow task that cancels a timer which fired while
+    the task was with the worker, and never offers the task again (temporalio/sdk-java#3088)."""
+    try:
+        return await asyncio.wait_for(handle.result(), timeout)
+    except TimeoutError:
+        state = await state_of(handle)
+        raise AssertionError(
+            f"{handle.id} did not finish in {timeout} s; stage {state.stage}, "
+            f"last events {state.events[-3:]}"
+        ) from None
 
 
 async def state_of(handle: Handle) -> DealState:

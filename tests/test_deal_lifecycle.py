@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -10,7 +11,8 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from l2c.config import Settings
+from l2c.config import BusinessRules, Settings, load_business_rules
+from l2c.drill import drill_config
 from l2c.journal import (
     ACCOUNTS_RECEIVABLE,
     BAD_DEBT_EXPENSE,
@@ -20,13 +22,14 @@ from l2c.journal import (
     REVENUE_SUBSCRIPTION,
 )
 from l2c.mailcatcher import MailCatcher
-from l2c.runtime import start_deal
+from l2c.runtime import build_worker, start_deal
 from models.deal import Stage
 from models.ledger import InvoiceRecord, Lead, OutboxEmail, PaymentRecordRow
 from models.money import ZERO
 from tests.helpers import (
     account_balances,
     advance_until,
+    final_state,
     make_lead,
     quote_to_signature,
     refused_after,
@@ -81,7 +84,7 @@ async def test_twelve_month_monthly_subscription_from_lead_to_won(
                                                "reference": f"BANK-{number}"})  # fmt: skip
         await wait_until(handle, lambda s, n=number: s.invoices[n].status == "paid")
 
-    final = await handle.result()
+    final = await final_state(handle)
     assert final.stage == Stage.WON
     assert final.balance_due == ZERO
     assert final.revenue_recognized == quote.net_total
@@ -128,7 +131,7 @@ async def test_nurtured_lead_without_engagement_is_disqualified(
 ) -> None:
     handle = await start(ts_env.client, deal_worker.task_queue, contact_email="pat@gmail.com",
                          employees=4, country="BR")  # fmt: skip
-    final = await handle.result()
+    final = await final_state(handle)
     assert final.stage == Stage.DISQUALIFIED
     touches = [e for e in final.events if e.kind == "nurture_touch"]
     assert len(touches) == 13  # every 7 days within 90 days: days 0, 7, ..., 84
@@ -215,14 +218,21 @@ async def test_contract_declined_then_wrong_hash_refused_then_signed(
 
 
 async def test_unpaid_invoice_is_dunned_and_written_off(
-    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine, mailbox: MailCatcher
+    ts_env: WorkflowEnvironment,
+    sqlite_ledger: Engine,
+    settings: Settings,
+    mailbox: MailCatcher,
+    tmp_path: Path,
 ) -> None:
-    handle = await start(ts_env.client, deal_worker.task_queue)
-    state = await quote_to_signature(handle, billing_period="upfront",
-                                     lines=[{"sku": "PLATFORM", "quantity": 10}, {"sku": "ONBOARDING", "quantity": 1}])  # fmt: skip
-    invoice = state.invoices[0]
-    assert invoice.amount == Decimal("8500.00")
-    final = await handle.result()
+    # 31-day months keep what was delivered by the write-off on day 90 off the calendar (the test
+    # server's clock is wherever earlier tests left it), and keep every timer off day 90 but one.
+    async with build_worker(ts_env.client, sqlite_ledger, months_of(31, tmp_path), settings):
+        handle = await start(ts_env.client, settings.task_queue)
+        state = await quote_to_signature(handle, billing_period="upfront",
+                                         lines=[{"sku": "PLATFORM", "quantity": 10}, {"sku": "ONBOARDING", "quantity": 1}])  # fmt: skip
+        invoice = state.invoices[0]
+        assert invoice.amount == Decimal("8500.00")
+        final = await final_state(handle)
     assert final.stage == Stage.WRITTEN_OFF
     assert final.invoices[0].status == "uncollectible"
     assert final.invoices[0].reminders_sent == 4
@@ -232,8 +242,9 @@ async def test_unpaid_invoice_is_dunned_and_written_off(
     dunning = [m for m in mailbox.messages if invoice.number in m["Subject"]]
     assert len(dunning) == 4 and dunning[-1]["Subject"].startswith("Final notice")
 
-    # Written off 90 days after activation (due +60): 2 months of subscription and onboarding were
-    # delivered (bad debt); the 10 undelivered months are reversed out of deferred revenue.
+    # Written off 90 days after activation (due +60): onboarding and months 1-2 (days 31 and 62)
+    # were delivered and went unpaid (bad debt); the 10 undelivered months are reversed out of
+    # deferred revenue.
     balances = account_balances(sqlite_ledger, handle.id)
     assert balances[ACCOUNTS_RECEIVABLE] == ZERO
     assert balances[DEFERRED_REVENUE] == ZERO
@@ -297,7 +308,7 @@ async def test_payments_count_once_and_bad_payments_are_refused(
     )
     state = await wait_until(handle, lambda s: s.invoices[0].status == "paid")
     assert state.balance_due == ZERO
-    final = await handle.result()
+    final = await final_state(handle)
     assert final.stage == Stage.WON
     with Session(sqlite_ledger) as session:
         payments = session.exec(
@@ -354,7 +365,7 @@ async def test_malformed_and_out_of_stage_signals_are_recorded_not_fatal(
     assert state.events[-1].actor == "nora.na"  # who sent a refused signal is recorded too
 
     await signal(handle, "mark_lost", {"by": "nora.na", "reason": "chose a competitor"})
-    final = await handle.result()
+    final = await final_state(handle)
     assert final.stage == Stage.LOST
     assert final.events[-1].detail == "marked lost by nora.na: chose a competitor"
 
@@ -400,14 +411,16 @@ async def test_same_lead_twice_gives_one_deal(
 
 
 async def test_write_off_of_a_monthly_deal_stops_billing_and_leaves_nothing_open(
-    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, settings: Settings, tmp_path: Path
 ) -> None:
-    handle = await start(ts_env.client, deal_worker.task_queue)
-    await quote_to_signature(handle, billing_period="monthly", term_months=24)
-    final = await handle.result()
+    async with build_worker(ts_env.client, sqlite_ledger, months_of(31, tmp_path), settings):
+        handle = await start(ts_env.client, settings.task_queue)
+        await quote_to_signature(handle, billing_period="monthly", term_months=24)
+        final = await final_state(handle)
     assert final.stage == Stage.WRITTEN_OFF
-    # Invoice 1 is due on day 30 and written off on day 90: months 2-3 (and maybe 4) were billed too.
-    assert 3 <= len(final.invoices) <= 4
+    # Invoice 1 is due on day 30 and written off on day 90: months 2 and 3 (days 31 and 62) were
+    # billed too, month 4 (day 93) was not.
+    assert [i.period_index for i in final.invoices] == [0, 1, 2]
     assert {i.status for i in final.invoices} == {"uncollectible"}
     assert final.balance_due == ZERO
     balances = account_balances(sqlite_ledger, handle.id)
@@ -419,3 +432,38 @@ async def test_write_off_of_a_monthly_deal_stops_billing_and_leaves_nothing_open
     with Session(sqlite_ledger) as session:
         rows = session.exec(select(InvoiceRecord).where(InvoiceRecord.deal_id == handle.id)).all()
         assert len(rows) == len(final.invoices) and {r.status for r in rows} == {"uncollectible"}
+
+
+# The last reminder decides whether the write-off timer starts before month 3's timer (day 59) or
+# after it (day 89), and so which of the two the test server fires first at day 90. Neither
+# schedule puts another timer at day 90.
+@pytest.mark.parametrize("reminders", [[1, 7, 14, 29], [1, 7, 14, 59]])
+async def test_a_write_off_at_a_month_end_delivers_that_month_and_bills_no_more(
+    ts_env: WorkflowEnvironment,
+    sqlite_ledger: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    reminders: list[int],
+) -> None:
+    """With 30-day months, invoice 1's write-off (due on day 30, plus 60) falls at the very moment
+    month 3 ends and month 4 would be billed: two timers due together, fired in the server's order.
+    The month that ended was delivered; the period that did not begin is not billed."""
+    rules = months_of(30, tmp_path, reminder_days_after_due=reminders)
+    async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
+        handle = await start(ts_env.client, settings.task_queue)
+        state = await quote_to_signature(handle, billing_period="monthly", term_months=12)
+        final = await final_state(handle)
+    assert state.quote is not None
+    monthly = state.quote.monthly_recurring_net
+    assert final.stage == Stage.WRITTEN_OFF
+    assert [i.period_index for i in final.invoices] == [0, 1, 2]
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[REVENUE_SUBSCRIPTION] == -3 * monthly
+    assert balances[BAD_DEBT_EXPENSE] == 3 * monthly
+    assert balances[ACCOUNTS_RECEIVABLE] == ZERO == balances[DEFERRED_REVENUE]
+
+
+def months_of(days: int, folder: Path, **policy: list[int]) -> BusinessRules:
+    """The business rules with months of a fixed number of days (and other policy changes)."""
+    config = drill_config(folder / "config", month_seconds=days * 24 * 3600, **policy)
+    return load_business_rules(config)

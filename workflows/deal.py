@@ -121,7 +121,9 @@ class DealWorkflow:
         self._quote_versions = 0
         self._written_off = False
         self._billing_step_running = False
+        self._month_end_due: datetime | None = None  # the month end the billing loop waits for
         self._collections: list[asyncio.Task[None]] = []
+        self._write_off_moments: dict[str, datetime] = {}  # invoice number -> write-off moment
 
     # ------------------------------------------------------------------ the process
 
@@ -314,8 +316,8 @@ class DealWorkflow:
         assert activated_at is not None
         periods = {period.start_month: period for period in quote.billing_plan}
         for month in range(quote.term_months):
-            if self._written_off:
-                break
+            if self._written_off or self._write_off_due():
+                break  # no new period starts for a deal that is being written off
             self._billing_step_running = True
             period = periods.get(month)
             if period is not None:
@@ -324,12 +326,13 @@ class DealWorkflow:
                 # Point in time: the one-time service is delivered once provisioning completes.
                 await self.recognize("onboarding", "services", quote.one_time_net, quote.currency)
             self._billing_step_running = False
-            if await self._wait_until(
-                self.policy.months_after(activated_at, month + 1),
-                lambda: self._written_off,
-                f"end of month {month + 1}",
-            ):
-                break
+            month_end = self.policy.months_after(activated_at, month + 1)
+            self._month_end_due = month_end
+            await self._wait_until(
+                month_end, lambda: self._written_off, f"end of month {month + 1}"
+            )
+            if workflow.now() < month_end:
+                break  # written off before this month was delivered
             if quote.monthly_recurring_net > 0:
                 self._billing_step_running = True
                 await self.recognize(
@@ -339,6 +342,7 @@ class DealWorkflow:
                     quote.currency,
                 )
                 self._billing_step_running = False
+            self._month_end_due = None
         await workflow.wait_condition(
             lambda: self._written_off or all(i.status == "paid" for i in self.deal.invoices)
         )
@@ -385,6 +389,7 @@ class DealWorkflow:
             f"{invoice.number}: {invoice.amount} {invoice.currency}, due {invoice.due_date}",
         )
         if invoice.status == "open":
+            self._write_off_moments[invoice.number] = self.policy.write_off_at(due_at)
             self._collections.append(asyncio.create_task(self.collect(invoice, due_at)))
 
     async def collect(self, invoice: InvoiceView, due_at: datetime) -> None:
@@ -412,7 +417,7 @@ class DealWorkflow:
                     level=level,
                     final_level=len(levels),
                     days_overdue=days,
-                    write_off_on=(due_at + timedelta(days=policy.write_off_days_after_due)).date(),
+                    write_off_on=policy.write_off_at(due_at).date(),
                 ),
                 f"dunning reminder {level} for {invoice.number}",
             )
@@ -422,14 +427,21 @@ class DealWorkflow:
                 "collections",
                 f"{invoice.number}: level {level}, {days} days overdue",
             )
-        write_off_at = due_at + timedelta(days=policy.write_off_days_after_due)
-        if await self._wait_until(write_off_at, settled, f"{invoice.number} write-off"):
+        if await self._wait_until(
+            policy.write_off_at(due_at), settled, f"{invoice.number} write-off"
+        ):
             return
         await self.write_off(
             f"{invoice.number} unpaid {policy.write_off_days_after_due} days after due"
         )
 
     async def write_off(self, reason: str) -> None:
+        # A month that ended at this very moment was delivered: its recognition posts first, so the
+        # outcome does not depend on which of two timers due together the server fires first. (The
+        # billing loop starts no new period meanwhile: the write-off is due.)
+        await workflow.wait_condition(
+            lambda: self._month_end_due is None or self._month_end_due > workflow.now()
+        )
         self._written_off = True  # stops billing and every other invoice's dunning
         # An invoice or posting already under way finishes first, so the write-off sees it.
         await workflow.wait_condition(lambda: not self._billing_step_running)
@@ -786,6 +798,15 @@ class DealWorkflow:
             self.deal.stage = stage
             workflow.upsert_search_attributes([DEAL_STAGE.value_set(stage.value)])
         self._refresh_details()
+
+    def _write_off_due(self) -> bool:
+        """An open invoice has reached its write-off moment, though its timer may not have fired:
+        two timers due at the same instant fire in an order the server chooses."""
+        now = workflow.now()
+        return any(
+            invoice.status == "open" and self._write_off_moments[invoice.number] <= now
+            for invoice in self.deal.invoices
+        )
 
     def _refresh_balance(self) -> None:
         self.deal.balance_due = sum(
