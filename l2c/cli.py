@@ -122,11 +122,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
     from l2c.demo import start_demo_deals
+    from l2c.gateway_sandbox import SandboxGateway
     from l2c.mailcatcher import MailCatcher
     from l2c.runtime import connect
 
     catcher = MailCatcher(data_dir / "mailbox", port=args.smtp_port)
     catcher.start()
+    gateway = SandboxGateway(args.gateway_port)
+    gateway.start()
     settings = Settings.from_env().model_copy(
         update={
             "temporal_address": f"127.0.0.1:{args.port}",
@@ -147,11 +150,13 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
         deals = await start_demo_deals(client, settings.task_queue)
         ui = f"http://127.0.0.1:{args.ui_port}/namespaces/{settings.namespace}/workflows"
         print(_DEV_BANNER.format(ui=ui, deals=", ".join(deals), address=settings.temporal_address,
-                                 mailbox=data_dir / "mailbox", ledger=settings.database_url))  # fmt: skip
+                                 mailbox=data_dir / "mailbox", ledger=settings.database_url,
+                                 gateway=gateway.url))  # fmt: skip
         await worker
     finally:
         stop.set()
         catcher.stop()
+        gateway.stop()
 
 
 _DEV_BANNER = """
@@ -160,6 +165,7 @@ Lead-to-cash is running.
   Deals:    {deals}
   Ledger:   {ledger}
   E-mail:   {mailbox} (local mail catcher)
+  Payments: {gateway} (sandbox gateway, Stripe-compatible; any sk_test_ key)
 
 Try, in another terminal (TEMPORAL_ADDRESS={address}):
   temporal workflow query  --workflow-id deal-L-1001 --type state
@@ -229,6 +235,33 @@ def cmd_audit_ledger(_args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+# ---------------------------------------------------------------- usage
+
+
+def cmd_usage_ingest(args: argparse.Namespace) -> int:
+    from l2c.runtime import open_ledger
+    from l2c.usage import ingest_usage
+
+    settings = Settings.from_env()
+    rules = load_business_rules(settings.config_dir)
+    path = Path(args.file)
+    if args.file != "-" and not path.is_file():
+        return _fail(f"no such usage file: {path}")
+    engine = open_ledger(settings)
+    with contextlib.ExitStack() as stack:
+        lines = sys.stdin.buffer if args.file == "-" else stack.enter_context(path.open("rb"))
+        report = ingest_usage(engine, lines, rules.catalog)
+    for number, reason in report.problems:
+        print(f"line {number}: {reason}")
+    if report.rejected > len(report.problems):
+        print(f"... and {report.rejected - len(report.problems)} more rejected lines")
+    print(
+        f"{report.accepted} usage events stored, {report.duplicates} duplicates ignored, "
+        f"{report.rejected} lines rejected"
+    )
+    return 1 if report.rejected else 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -262,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=7233)
     dev.add_argument("--ui-port", type=int, default=8233)
     dev.add_argument("--smtp-port", type=int, default=8025)
+    dev.add_argument("--gateway-port", type=int, default=12111)
     dev.add_argument("--data-dir", default=data_default)
     dev.set_defaults(func=cmd_dev)
 
@@ -283,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the ledger: gap-free invoice numbers, payments applied once, balanced entries",
     )
     ledger.set_defaults(func=cmd_audit_ledger)
+
+    usage = sub.add_parser("usage", help="metered usage events")
+    usage_sub = usage.add_subparsers(dest="usage_command", required=True)
+    ingest = usage_sub.add_parser(
+        "ingest",
+        help="load usage events from JSON Lines (an event sent twice is stored once); "
+        "exit 1 if any line was rejected",
+    )
+    ingest.add_argument("file", help="a .jsonl file, or - for standard input")
+    ingest.set_defaults(func=cmd_usage_ingest)
     return parser
 
 

@@ -42,6 +42,8 @@ class Product(_Strict):
     unit: str
     prices: dict[str, Decimal] = Field(default_factory=dict)
     tiers: list[Tier] = Field(default_factory=list)
+    # How many metered units (what usage events count, e.g. API calls) make one priced unit.
+    metered_per_unit: int = Field(default=1, ge=1, le=1_000_000_000)
 
     @model_validator(mode="after")
     def _priced(self) -> "Product":

@@ -26,7 +26,7 @@ class QuoteRefused(ValueError):
     """A quote that cannot be priced or approved as submitted; the message says why."""
 
 
-def graduated_price(product: Product, quantity: int, currency: str) -> Decimal:
+def graduated_price(product: Product, quantity: int | Decimal, currency: str) -> Decimal:
     """Price of `quantity` units through graduated tiers: each tier prices the units inside it."""
     total = Decimal(0)
     lower = 0
@@ -38,6 +38,13 @@ def graduated_price(product: Product, quantity: int, currency: str) -> Decimal:
             break
         lower = tier.up_to
     return total
+
+
+def price_metered_usage(product: Product, metered: int, currency: str) -> Decimal:
+    """A period's metered usage (e.g. API calls) priced through the product's tiers, to the cent."""
+    if currency not in product.currencies():
+        raise ValueError(f"{product.sku} has no {currency} price")
+    return to_cents(graduated_price(product, Decimal(metered) / product.metered_per_unit, currency))
 
 
 def _price_line(product: Product, quantity: int, request: QuoteRequest) -> PricedLine:

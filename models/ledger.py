@@ -9,7 +9,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, Numeric, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Numeric, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -226,3 +226,15 @@ class OutboxEmail(SQLModel, table=True):
     message_id: str = Field(max_length=300)
     created_at: datetime = utc_timestamp(nullable=False)
     sent_at: datetime | None = utc_timestamp(nullable=True)
+
+
+class UsageEvent(SQLModel, table=True):
+    """A metered usage event, stored once under the sender's id: a resent event is ignored."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_deal_sku_time", "deal_id", "sku", "occurred_at"),)
+    event_id: str = Field(primary_key=True, max_length=128)
+    deal_id: str = Field(max_length=80)
+    sku: str = Field(max_length=40)
+    quantity: int = Field(sa_type=BigInteger)  # in the product's metered unit, e.g. one API call
+    occurred_at: datetime = utc_timestamp(nullable=False)
