@@ -125,11 +125,10 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
     from l2c.gateway_sandbox import SandboxGateway
     from l2c.mailcatcher import MailCatcher
     from l2c.runtime import connect
+    from l2c.webhooks import webhook_endpoint, webhook_url
 
     catcher = MailCatcher(data_dir / "mailbox", port=args.smtp_port)
     catcher.start()
-    gateway = SandboxGateway(args.gateway_port)
-    gateway.start()
     settings = Settings.from_env().model_copy(
         update={
             "temporal_address": f"127.0.0.1:{args.port}",
@@ -145,18 +144,53 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     worker = asyncio.create_task(_run_worker(settings, stop))
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(stop.set)
+        cleanup.callback(catcher.stop)
         client = await connect(settings)
+        # The sandbox gateway announces each charge to the webhook endpoint, which signals the deal.
+        secret = os.environ.get("L2C_WEBHOOK_SECRET") or DEV_WEBHOOK_SECRET
+        webhooks = webhook_endpoint(args.webhook_port, secret, client)
+        webhooks.start()
+        cleanup.callback(webhooks.stop)
+        gateway = SandboxGateway(args.gateway_port, webhook=(webhook_url(webhooks), secret))
+        gateway.start()
+        cleanup.callback(gateway.stop)
         deals = await start_demo_deals(client, settings.task_queue)
         ui = f"http://127.0.0.1:{args.ui_port}/namespaces/{settings.namespace}/workflows"
         print(_DEV_BANNER.format(ui=ui, deals=", ".join(deals), address=settings.temporal_address,
                                  mailbox=data_dir / "mailbox", ledger=settings.database_url,
-                                 gateway=gateway.url))  # fmt: skip
+                                 gateway=gateway.url, webhooks=webhook_url(webhooks)))  # fmt: skip
         await worker
-    finally:
-        stop.set()
-        catcher.stop()
-        gateway.stop()
+
+
+DEV_WEBHOOK_SECRET = (
+    "whsec_l2c_dev"  # the sandbox's; a real gateway's comes from L2C_WEBHOOK_SECRET
+)
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from l2c.runtime import connect
+    from l2c.webhooks import webhook_endpoint, webhook_url
+
+    secret = os.environ.get("L2C_WEBHOOK_SECRET")
+    if not secret:
+        return _fail("set L2C_WEBHOOK_SECRET to the gateway's webhook signing secret")
+
+    async def main() -> None:
+        client = await connect(Settings.from_env())
+        endpoint = webhook_endpoint(args.port, secret, client)
+        endpoint.start()
+        print(f"webhook endpoint on {webhook_url(endpoint)}")
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        try:
+            await stop.wait()
+        finally:
+            endpoint.stop()
+
+    asyncio.run(main())
+    return 0
 
 
 _DEV_BANNER = """
@@ -166,6 +200,7 @@ Lead-to-cash is running.
   Ledger:   {ledger}
   E-mail:   {mailbox} (local mail catcher)
   Payments: {gateway} (sandbox gateway, Stripe-compatible; any sk_test_ key)
+  Webhooks: {webhooks} (signed gateway events signal the deals)
 
 Try, in another terminal (TEMPORAL_ADDRESS={address}):
   temporal workflow query  --workflow-id deal-L-1001 --type state
@@ -296,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--ui-port", type=int, default=8233)
     dev.add_argument("--smtp-port", type=int, default=8025)
     dev.add_argument("--gateway-port", type=int, default=12111)
+    dev.add_argument("--webhook-port", type=int, default=12112)
     dev.add_argument("--data-dir", default=data_default)
     dev.set_defaults(func=cmd_dev)
 
@@ -317,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the ledger: gap-free invoice numbers, payments applied once, balanced entries",
     )
     ledger.set_defaults(func=cmd_audit_ledger)
+
+    webhooks = sub.add_parser(
+        "webhooks", help="the gateway's webhook endpoint (needs L2C_WEBHOOK_SECRET)"
+    )
+    webhooks.add_argument("--port", type=int, default=12112)
+    webhooks.set_defaults(func=cmd_webhooks)
 
     usage = sub.add_parser("usage", help="metered usage events")
     usage_sub = usage.add_subparsers(dest="usage_command", required=True)

@@ -30,6 +30,7 @@ class GatewayRequestError(Exception):
 
 
 class ChargeRequest(BaseModel):
+    deal_id: str  # in the payment's metadata, so the gateway's webhook finds the deal
     invoice_number: str
     attempt_series: int  # a new series (after the customer updates the card) may charge again
     amount: Decimal
@@ -71,6 +72,7 @@ class PaymentGateway:
             "customer": request.customer,
             "payment_method": request.payment_method,
             "confirm": "true",
+            "metadata[deal_id]": request.deal_id,
             "metadata[invoice_number]": request.invoice_number,
         }
         try:

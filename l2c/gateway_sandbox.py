@@ -12,19 +12,26 @@
 Faults on demand, for tests and drills: `POST /_sandbox/faults` with JSON `{"next": [...]}` queues
 what the next payment-intent requests meet: `"500"` (refused before anything happens), `"500_after"`
 (the charge is made, then the response is lost to a 500), `"timeout"` (the charge is made, then the
-response is withheld for `slow_seconds`). `GET /_sandbox/charges` lists the charges made.
+response is withheld for `slow_seconds`). `GET /_sandbox/charges` lists the charges made. Given a
+webhook endpoint and its secret, each charge is also announced there as a signed
+`payment_intent.succeeded` event, retried until the endpoint answers 2xx.
 
 State is in memory: a restarted sandbox starts empty, as a fresh test account would.
 """
 
+import contextlib
 import json
 import secrets
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
+
+import httpx
+
+from l2c.local_http import BackgroundServer, JsonHandler
+from l2c.webhooks import sign
 
 # Stripe's test payment methods and the decline each one gives; the rest succeed.
 DECLINES = {
@@ -39,7 +46,8 @@ FAULTS = {"500", "500_after", "timeout"}
 
 
 class SandboxState:
-    def __init__(self, slow_seconds: float) -> None:
+    def __init__(self, slow_seconds: float, webhook: tuple[str, str] | None) -> None:
+        self.webhook = webhook  # (endpoint URL, signing secret), or None for no webhooks
         self.lock = threading.Lock()
         self.slow_seconds = slow_seconds
         self.faults: deque[str] = deque()
@@ -48,27 +56,14 @@ class SandboxState:
         self.charges: list[dict[str, Any]] = []
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: tests and `l2c dev` read the charges, not an access log
+class _Handler(JsonHandler):
+    server: "SandboxGateway"
 
     def _send(self, status: int, body: dict[str, Any], replayed: bool = False) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if replayed:
-            self.send_header("Idempotent-Replayed", "true")
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(status, body, {"Idempotent-Replayed": "true"} if replayed else None)
 
     def _error(self, status: int, kind: str, message: str, **extra: Any) -> None:
         self._send(status, {"error": {"type": kind, "message": message, **extra}})
-
-    def _body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def do_GET(self) -> None:
         state = self.server.state
@@ -90,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         if self.path == "/_sandbox/faults":
             try:
-                queued = json.loads(self._body())["next"]
+                queued = json.loads(self.read_body())["next"]
                 if not isinstance(queued, list) or not set(queued) <= FAULTS:
                     raise ValueError
             except (ValueError, KeyError, TypeError):
@@ -106,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if not self._authorized():
             return None
-        params = dict(parse_qsl(self._body().decode("utf-8", "replace")))
+        params = dict(parse_qsl(self.read_body().decode("utf-8", "replace")))
         key = self.headers.get("Idempotency-Key")
         with state.lock:
             fault = state.faults.popleft() if state.faults else None
@@ -174,33 +169,38 @@ class _Handler(BaseHTTPRequestHandler):
             return 402, {"error": error}
         intent["status"] = "succeeded"
         self.server.state.charges.append(intent)
+        if self.server.state.webhook is not None:
+            threading.Thread(
+                target=deliver_webhook,
+                args=(*self.server.state.webhook, "payment_intent.succeeded", intent),
+                daemon=True,
+            ).start()
         return 200, intent
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+def deliver_webhook(url: str, secret: str, kind: str, obj: dict[str, Any]) -> None:
+    """Send a signed event, retrying with backoff until a 2xx, as the real gateway does."""
+    event = {"id": f"evt_{secrets.token_hex(12)}", "object": "event", "type": kind,
+             "created": int(time.time()), "data": {"object": obj}}  # fmt: skip
+    payload = json.dumps(event).encode()
+    for attempt in range(6):
+        headers = {"Content-Type": "application/json",
+                   "Stripe-Signature": sign(secret, payload, int(time.time()))}  # fmt: skip
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.post(url, content=payload, headers=headers, timeout=10).is_success:
+                return
+        time.sleep(0.5 * 2**attempt)
 
-    def __init__(self, port: int, state: SandboxState) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.state = state
 
+class SandboxGateway(BackgroundServer):
+    """The sandbox on 127.0.0.1:`port`; `start()` serves it from a background thread."""
 
-class SandboxGateway:
-    """The sandbox on 127.0.0.1:`port`, served from a background thread."""
-
-    def __init__(self, port: int, slow_seconds: float = 5.0) -> None:
-        self.state = SandboxState(slow_seconds)
-        self._server = _Server(port, self.state)
-        self.port = self._server.server_address[1]
+    def __init__(
+        self, port: int, slow_seconds: float = 5.0, webhook: tuple[str, str] | None = None
+    ) -> None:
+        super().__init__(port, _Handler)
+        self.state = SandboxState(slow_seconds, webhook)
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def successful_charges(self) -> list[dict[str, Any]]:
         with self.state.lock:

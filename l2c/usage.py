@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from sqlalchemy import Engine, func, select
+from sqlmodel import col
 
 from l2c.config import Catalog
 from models.ledger import Lead, UsageEvent
@@ -91,7 +92,7 @@ def ingest_usage(engine: Engine, lines: Iterable[str | bytes], catalog: Catalog)
             new_deals = {event.deal_id for _, event in batch} - known_deals
             if new_deals:
                 found = connection.execute(
-                    select(Lead.deal_id).where(Lead.deal_id.in_(new_deals))  # type: ignore[attr-defined]
+                    select(col(Lead.deal_id)).where(col(Lead.deal_id).in_(new_deals))
                 )
                 known_deals.update(found.scalars())
             rows: list[tuple[str, str, str, int, Any]] = []
@@ -115,11 +116,11 @@ def metered_usage(engine: Engine, deal_id: str, sku: str, start: datetime, end: 
     """The usage a deal metered of a product from `start` (inclusive) to `end` (exclusive)."""
     with engine.connect() as connection:
         total = connection.execute(
-            select(func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
-                UsageEvent.deal_id == deal_id,
-                UsageEvent.sku == sku,
-                UsageEvent.occurred_at >= start.astimezone(UTC),  # type: ignore[operator]
-                UsageEvent.occurred_at < end.astimezone(UTC),  # type: ignore[operator]
+            select(func.coalesce(func.sum(col(UsageEvent.quantity)), 0)).where(
+                col(UsageEvent.deal_id) == deal_id,
+                col(UsageEvent.sku) == sku,
+                col(UsageEvent.occurred_at) >= start.astimezone(UTC),
+                col(UsageEvent.occurred_at) < end.astimezone(UTC),
             )
         ).scalar_one()
     return int(total)

@@ -35,7 +35,7 @@ def gateway(sandbox: SandboxGateway) -> Iterator[PaymentGateway]:
 
 
 def charge(number: str = "INV-000001", **changes: object) -> ChargeRequest:
-    data: dict[str, object] = {"invoice_number": number, "attempt_series": 1,
+    data: dict[str, object] = {"deal_id": "deal-L-1", "invoice_number": number, "attempt_series": 1,
                                "amount": Decimal("8500.00"), "currency": "USD",
                                "customer": "cus_acme", "payment_method": "pm_card_visa"}  # fmt: skip
     data.update(changes)
@@ -60,7 +60,7 @@ def test_a_charge_sent_twice_is_made_once(sandbox: SandboxGateway, gateway: Paym
     assert again.replayed and again.payment_intent_id == first.payment_intent_id
     charges = sandbox.successful_charges()
     assert [(c["amount"], c["currency"], c["metadata"]) for c in charges] == [
-        (850000, "usd", {"invoice_number": "INV-000001"})
+        (850000, "usd", {"deal_id": "deal-L-1", "invoice_number": "INV-000001"})
     ]
 
 

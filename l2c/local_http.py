@@ -1,0 +1,45 @@
+"""The small HTTP servers the project runs itself (sandbox gateway, webhook endpoint): JSON
+responses, no access log, served from a background thread on 127.0.0.1."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: callers report what happened, not an access log
+
+    def send_json(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def read_body(self, limit: int = 1_000_000) -> bytes:
+        return self.rfile.read(min(int(self.headers.get("Content-Length") or 0), limit))
+
+
+class BackgroundServer(ThreadingHTTPServer):
+    """A threading HTTP server on 127.0.0.1:`port` (0: any free port), run by `start()`."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, handler: type[JsonHandler]) -> None:
+        super().__init__(("127.0.0.1", port), handler)
+        self.port = self.server_address[1]
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,136 @@
+"""The inbound webhook endpoint: verify the gateway's signature, then signal the deal it concerns.
+
+Signatures follow Stripe's scheme: header `Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
+"<t>.<raw body>" under the endpoint secret>`. A bad signature, or a timestamp outside the tolerance
+(a captured request replayed later), gets 401 and changes nothing.
+
+A verified `payment_intent.succeeded` becomes the deal's `record_payment` signal, with the payment
+intent's id as the reference. The deal counts a reference once, so a webhook delivered twice (the
+gateway retries until it sees a 2xx) is refused by the deal with its reason and changes nothing.
+Event types the deal has no use for are acknowledged and ignored, as the gateway expects.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from l2c.local_http import BackgroundServer, JsonHandler
+
+TOLERANCE_SECONDS = 300
+PATH = "/webhooks/gateway"
+
+
+class WebhookRefused(Exception):
+    """The request is not a genuine, timely webhook; the message says why."""
+
+
+def sign(secret: str, payload: bytes, timestamp: int) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+def verify(
+    secret: str, payload: bytes, header: str | None, now: float, tolerance: int = TOLERANCE_SECONDS
+) -> None:
+    if not header:
+        raise WebhookRefused("no Stripe-Signature header")
+    parts = [item.split("=", 1) for item in header.split(",") if "=" in item]
+    stamps = [value for key, value in parts if key.strip() == "t"]
+    signatures = [value.strip() for key, value in parts if key.strip() == "v1"]
+    if len(stamps) != 1 or not stamps[0].strip().isdigit() or not signatures:
+        raise WebhookRefused("malformed Stripe-Signature header")
+    timestamp = int(stamps[0])
+    if abs(now - timestamp) > tolerance:
+        raise WebhookRefused(f"timestamp outside the {tolerance}-second tolerance")
+    expected = sign(secret, payload, timestamp).split("v1=", 1)[1]
+    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+        raise WebhookRefused("signature does not match")
+
+
+def deal_signal(event: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
+    """(deal id, signal name, payload) for an event the deal acts on; None to ignore it."""
+    if event.get("type") != "payment_intent.succeeded":
+        return None
+    intent = (event.get("data") or {}).get("object") or {}
+    metadata = intent.get("metadata") or {}
+    missing = [k for k in ("deal_id", "invoice_number") if not isinstance(metadata.get(k), str)]
+    if (
+        missing
+        or not isinstance(intent.get("id"), str)
+        or not isinstance(intent.get("amount"), int)
+    ):
+        raise ValueError(
+            "payment_intent.succeeded needs data.object.id, an integer amount and "
+            "metadata.deal_id and metadata.invoice_number"
+        )
+    payment = {
+        "invoice_number": metadata["invoice_number"],
+        "amount": str((Decimal(intent["amount"]) / 100).quantize(Decimal("0.01"))),
+        "currency": str(intent.get("currency", "")).upper(),
+        "reference": intent["id"],
+        "recorded_by": "gateway",
+    }
+    return metadata["deal_id"], "record_payment", payment
+
+
+class _Handler(JsonHandler):
+    server: "_Server"
+
+    def do_POST(self) -> None:
+        if self.path != PATH:
+            return self.send_json(404, {"error": f"no endpoint {self.path[:100]}; use {PATH}"})
+        payload = self.read_body()
+        try:
+            verify(self.server.secret, payload, self.headers.get("Stripe-Signature"), time.time())
+        except WebhookRefused as refused:
+            return self.send_json(401, {"error": str(refused)})
+        try:
+            event = json.loads(payload)
+            if not isinstance(event, dict):
+                raise ValueError("the body must be a JSON object")
+            target = deal_signal(event)
+        except ValueError as err:
+            return self.send_json(400, {"error": str(err)[:300]})
+        if target is None:
+            return self.send_json(200, {"received": True, "ignored": str(event.get("type"))[:100]})
+        deal_id, name, body = target
+        try:
+            self.server.send_signal(deal_id, name, body)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return self.send_json(404, {"error": f"no deal {deal_id[:100]}"})
+            return self.send_json(503, {"error": "could not reach the deal; send again"})
+        return self.send_json(200, {"received": True, "signalled": deal_id, "signal": name})
+
+
+class _Server(BackgroundServer):
+    def __init__(
+        self, port: int, secret: str, send_signal: Callable[[str, str, dict[str, str]], None]
+    ) -> None:
+        super().__init__(port, _Handler)
+        self.secret = secret
+        self.send_signal = send_signal
+
+
+def webhook_endpoint(port: int, secret: str, client: Client) -> _Server:
+    """The endpoint on 127.0.0.1:`port`, signalling deals through `client` on the caller's loop;
+    `start()` it, `stop()` it, post to `webhook_url(endpoint)`."""
+    loop = asyncio.get_running_loop()
+
+    def send_signal(deal_id: str, name: str, body: dict[str, str]) -> None:
+        handle = client.get_workflow_handle(deal_id)
+        asyncio.run_coroutine_threadsafe(handle.signal(name, body), loop).result(timeout=30)
+
+    return _Server(port, secret, send_signal)
+
+
+def webhook_url(endpoint: BackgroundServer) -> str:
+    return f"http://127.0.0.1:{endpoint.port}{PATH}"
