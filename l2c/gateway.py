@@ -87,9 +87,15 @@ class PaymentGateway:
         except httpx.TransportError as err:  # timeouts, refused and dropped connections
             raise GatewayUnavailable(f"payment gateway unreachable: {type(err).__name__}") from err
         replayed = response.headers.get("Idempotent-Replayed") == "true"
-        if response.status_code >= 500 or response.status_code == 429:
+        # 409: the same key is still being processed (a retry overtook the first request).
+        if response.status_code >= 500 or response.status_code in (409, 429):
             raise GatewayUnavailable(f"payment gateway answered {response.status_code}")
         body = _json(response)
+        if response.status_code == 200 and body.get("status") != "succeeded":
+            # requires_action (3-D Secure) or processing: not a payment yet; no flow handles it here.
+            raise GatewayRequestError(
+                f"payment intent {body.get('id')} is {str(body.get('status'))[:40]}, not succeeded"
+            )
         if response.status_code == 200:
             return ChargeResult(
                 status="succeeded",
@@ -119,8 +125,11 @@ class PaymentGateway:
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
-    except ValueError as err:
-        raise GatewayUnavailable(f"payment gateway sent no JSON ({response.status_code})") from err
+    except ValueError:
+        body = None
     if not isinstance(body, dict):
-        raise GatewayUnavailable(f"payment gateway sent unexpected JSON ({response.status_code})")
+        # A 2xx without a payment intent is a broken gateway (retry); a 4xx without an error
+        # object is not the gateway at all (a wrong URL or a proxy): retrying cannot help.
+        problem = f"payment gateway sent no JSON object ({response.status_code})"
+        raise GatewayUnavailable(problem) if response.is_success else GatewayRequestError(problem)
     return body

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from l2c.local_http import BackgroundServer, JsonHandler
+from l2c.local_http import BackgroundServer, BadRequest, JsonHandler
 from l2c.webhooks import sign
 
 # Stripe's test payment methods and the decline each one gives; the rest succeed.
@@ -88,7 +88,7 @@ class _Handler(JsonHandler):
                 queued = json.loads(self.read_body())["next"]
                 if not isinstance(queued, list) or not set(queued) <= FAULTS:
                     raise ValueError
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, BadRequest):
                 return self._error(
                     400, "invalid_request_error", f"next: a list of {sorted(FAULTS)}"
                 )
@@ -101,7 +101,10 @@ class _Handler(JsonHandler):
             )
         if not self._authorized():
             return None
-        params = dict(parse_qsl(self.read_body().decode("utf-8", "replace")))
+        try:
+            params = dict(parse_qsl(self.read_body().decode("utf-8", "replace")))
+        except BadRequest as err:
+            return self._error(400, "invalid_request_error", str(err))
         key = self.headers.get("Idempotency-Key")
         with state.lock:
             fault = state.faults.popleft() if state.faults else None

@@ -7,7 +7,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class BadRequest(Exception):
+    """The request cannot be read; the message is the reason sent back with a 400."""
+
+
 class JsonHandler(BaseHTTPRequestHandler):
+    timeout = 30  # seconds a client may take to send its request before the connection closes
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: callers report what happened, not an access log
 
@@ -24,7 +30,12 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def read_body(self, limit: int = 1_000_000) -> bytes:
-        return self.rfile.read(min(int(self.headers.get("Content-Length") or 0), limit))
+        declared = (self.headers.get("Content-Length") or "0").strip()
+        if not declared.isascii() or not declared.isdigit():
+            raise BadRequest("Content-Length must be a whole number of bytes")
+        if int(declared) > limit:
+            raise BadRequest(f"the body may be at most {limit} bytes")
+        return self.rfile.read(int(declared))
 
 
 class BackgroundServer(ThreadingHTTPServer):

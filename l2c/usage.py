@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
@@ -32,10 +40,18 @@ class UsageEventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
-    deal_id: Annotated[str, Field(min_length=1, max_length=80)]
-    sku: Annotated[str, Field(min_length=1, max_length=40)]
+    deal_id: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    sku: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Z][A-Z0-9_]*$")]
     quantity: Annotated[StrictInt, Field(ge=1, le=10**12)]
     occurred_at: AwareDatetime
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range once converted to UTC") from None
 
 
 @dataclass
@@ -103,7 +119,7 @@ def ingest_usage(engine: Engine, lines: Iterable[str | bytes], catalog: Catalog)
                 elif event.deal_id not in known_deals:
                     report.reject(number, f"deal_id: no deal {event.deal_id[:80]!r} in the ledger")
                 else:
-                    at = to_column(event.occurred_at.astimezone(UTC))
+                    at = to_column(event.occurred_at)  # in UTC, see UsageEventIn
                     rows.append((event.id, event.deal_id, event.sku, event.quantity, at))
             if rows:
                 inserted = connection.exec_driver_sql(insert, rows).rowcount

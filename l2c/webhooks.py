@@ -22,7 +22,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from l2c.local_http import BackgroundServer, JsonHandler
+from l2c.local_http import BackgroundServer, BadRequest, JsonHandler
 
 TOLERANCE_SECONDS = 300
 PATH = "/webhooks/gateway"
@@ -45,13 +45,16 @@ def verify(
     parts = [item.split("=", 1) for item in header.split(",") if "=" in item]
     stamps = [value for key, value in parts if key.strip() == "t"]
     signatures = [value.strip() for key, value in parts if key.strip() == "v1"]
-    if len(stamps) != 1 or not stamps[0].strip().isdigit() or not signatures:
+    if len(stamps) != 1 or not stamps[0].strip().isascii() or not stamps[0].strip().isdigit():
+        raise WebhookRefused("malformed Stripe-Signature header")
+    if not signatures:
         raise WebhookRefused("malformed Stripe-Signature header")
     timestamp = int(stamps[0])
     if abs(now - timestamp) > tolerance:
         raise WebhookRefused(f"timestamp outside the {tolerance}-second tolerance")
     expected = sign(secret, payload, timestamp).split("v1=", 1)[1]
-    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+    candidates = [c.encode() for c in signatures if c.isascii()]
+    if not any(hmac.compare_digest(expected.encode(), c) for c in candidates):
         raise WebhookRefused("signature does not match")
 
 
@@ -59,13 +62,15 @@ def deal_signal(event: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None
     """(deal id, signal name, payload) for an event the deal acts on; None to ignore it."""
     if event.get("type") != "payment_intent.succeeded":
         return None
-    intent = (event.get("data") or {}).get("object") or {}
-    metadata = intent.get("metadata") or {}
-    missing = [k for k in ("deal_id", "invoice_number") if not isinstance(metadata.get(k), str)]
+    data = event.get("data")
+    intent = data.get("object") if isinstance(data, dict) else None
+    metadata = intent.get("metadata") if isinstance(intent, dict) else None
     if (
-        missing
+        not isinstance(intent, dict)
+        or not isinstance(metadata, dict)
+        or not all(isinstance(metadata.get(k), str) for k in ("deal_id", "invoice_number"))
         or not isinstance(intent.get("id"), str)
-        or not isinstance(intent.get("amount"), int)
+        or type(intent.get("amount")) is not int
     ):
         raise ValueError(
             "payment_intent.succeeded needs data.object.id, an integer amount and "
@@ -87,7 +92,10 @@ class _Handler(JsonHandler):
     def do_POST(self) -> None:
         if self.path != PATH:
             return self.send_json(404, {"error": f"no endpoint {self.path[:100]}; use {PATH}"})
-        payload = self.read_body()
+        try:
+            payload = self.read_body()
+        except BadRequest as err:
+            return self.send_json(400, {"error": str(err)})
         try:
             verify(self.server.secret, payload, self.headers.get("Stripe-Signature"), time.time())
         except WebhookRefused as refused:
@@ -108,6 +116,8 @@ class _Handler(JsonHandler):
             if err.status == RPCStatusCode.NOT_FOUND:
                 return self.send_json(404, {"error": f"no deal {deal_id[:100]}"})
             return self.send_json(503, {"error": "could not reach the deal; send again"})
+        except (TimeoutError, RuntimeError):  # Temporal slow to answer, or the endpoint stopping
+            return self.send_json(503, {"error": "could not reach the deal; send again"})
         return self.send_json(200, {"received": True, "signalled": deal_id, "signal": name})
 
 
@@ -127,7 +137,11 @@ def webhook_endpoint(port: int, secret: str, client: Client) -> _Server:
 
     def send_signal(deal_id: str, name: str, body: dict[str, str]) -> None:
         handle = client.get_workflow_handle(deal_id)
-        asyncio.run_coroutine_threadsafe(handle.signal(name, body), loop).result(timeout=30)
+        sent = asyncio.run_coroutine_threadsafe(handle.signal(name, body), loop)
+        try:
+            sent.result(timeout=30)
+        finally:
+            sent.cancel()  # a no-op once done; else the gateway will send the event again
 
     return _Server(port, secret, send_signal)
 

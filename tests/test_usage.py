@@ -92,8 +92,10 @@ def test_bad_lines_are_named_by_number_and_the_rest_still_loads(
         11: event(11, deal, JAN, colour="blue"),
         12: "[1, 2]",
         13: event(13, deal, JAN, quantity=10**30),
+        14: event(14, deal, JAN, deal_id="deal-\u0000"),
+        15: event(15, deal, JAN, occurred_at="0001-01-01T00:00:00+01:00"),
     }
-    lines = [event(1, deal, JAN), *bad.values(), "", event(15, deal, JAN)]
+    lines = [event(1, deal, JAN), *bad.values(), "", event(17, deal, JAN)]
     report = ingest_usage(ledger, lines, rules.catalog)
     assert (report.accepted, report.duplicates, report.rejected) == (2, 0, len(bad))
     reasons = dict(report.problems)

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -52,8 +53,11 @@ async def endpoint(ts_env: WorkflowEnvironment) -> AsyncIterator[BackgroundServe
     webhooks.stop()
 
 
-async def post(url: str, payload: bytes, signature: str) -> httpx.Response:
-    headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
+async def post(url: str, payload: bytes, signature: str | bytes) -> httpx.Response:
+    headers: dict[str, str | bytes] = {
+        "Stripe-Signature": signature,
+        "Content-Type": "application/json",
+    }
     return await asyncio.to_thread(httpx.post, url, content=payload, headers=headers, timeout=30)
 
 
@@ -109,3 +113,32 @@ async def test_a_card_charge_pays_the_invoice_once_however_often_announced(
     assert final.invoices == paid.invoices
     assert len(refusals(final, "record_payment")) == 1
     await handle.terminate("test done")
+
+
+async def test_unreadable_requests_get_a_reason_not_a_dropped_connection(
+    endpoint: BackgroundServer,
+) -> None:
+    def raw(request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as conn:
+            conn.sendall(request)
+            return conn.recv(65536)
+
+    for length in [b"-1", b"abc", b"\xc2\xb2", b"99999999"]:
+        answer = await asyncio.to_thread(
+            raw,
+            b"POST /webhooks/gateway HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + length
+            + b"\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.0 400"), (length, answer[:200])
+    now = int(time.time())
+    for body in [b'{"type": "payment_intent.succeeded", "data": []}',
+                 b'{"type": "payment_intent.succeeded", "data": {"object": "pi"}}',
+                 b'{"type": "payment_intent.succeeded", "data": {"object": {"id": "pi", "amount": true,'
+                 b' "metadata": {"deal_id": "d", "invoice_number": "i"}}}}']:  # fmt: skip
+        response = await post(webhook_url(endpoint), body, sign(SECRET, body, now))
+        assert response.status_code == 400, body
+    odd = await post(webhook_url(endpoint), BODY, f"t={now},v1=\u00e9\u00e9".encode())
+    assert odd.status_code == 401
+    squared = await post(webhook_url(endpoint), BODY, "t=\u00b2,v1=00".encode())
+    assert squared.status_code == 401

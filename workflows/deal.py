@@ -316,8 +316,15 @@ class DealWorkflow:
         assert activated_at is not None
         periods = {period.start_month: period for period in quote.billing_plan}
         for month in range(quote.term_months):
-            if self._written_off or self._write_off_due():
-                break  # no new period starts for a deal that is being written off
+            if self._write_off_due():
+                # An invoice reached its write-off moment, though its timer may not have fired
+                # yet (timers due together fire in an order the server chooses): no new period
+                # starts until it is either written off or, paid just in time, no longer due.
+                await workflow.wait_condition(
+                    lambda: self._written_off or not self._write_off_due()
+                )
+            if self._written_off:
+                break
             self._billing_step_running = True
             period = periods.get(month)
             if period is not None:
@@ -328,8 +335,10 @@ class DealWorkflow:
             self._billing_step_running = False
             month_end = self.policy.months_after(activated_at, month + 1)
             self._month_end_due = month_end
+            # A write-off ends the wait early, unless this month has already ended: then its timer
+            # has fired (or is about to) and the month is recognized as delivered.
             await self._wait_until(
-                month_end, lambda: self._written_off, f"end of month {month + 1}"
+                month_end, self._write_off_before(month_end), f"end of month {month + 1}"
             )
             if workflow.now() < month_end:
                 break  # written off before this month was delivered
@@ -436,15 +445,19 @@ class DealWorkflow:
         )
 
     async def write_off(self, reason: str) -> None:
-        # A month that ended at this very moment was delivered: its recognition posts first, so the
-        # outcome does not depend on which of two timers due together the server fires first. (The
-        # billing loop starts no new period meanwhile: the write-off is due.)
+        if self._written_off:
+            return  # another invoice's write-off, due at the same moment, is already under way
+        # At once: billing stops, payments are refused, every other invoice's dunning ends.
+        self._written_off = True
+        # An invoice or posting under way finishes first, so the write-off sees it. So does the
+        # recognition of a month that ended at this very moment: that month was delivered, whichever
+        # of two timers due together the server fires first.
         await workflow.wait_condition(
-            lambda: self._month_end_due is None or self._month_end_due > workflow.now()
+            lambda: (
+                not self._billing_step_running
+                and (self._month_end_due is None or self._month_end_due > workflow.now())
+            )
         )
-        self._written_off = True  # stops billing and every other invoice's dunning
-        # An invoice or posting already under way finishes first, so the write-off sees it.
-        await workflow.wait_condition(lambda: not self._billing_step_running)
         result = await self._call(
             BillingActivities.write_off_deal,
             WriteOffRequest(
@@ -799,9 +812,11 @@ class DealWorkflow:
             workflow.upsert_search_attributes([DEAL_STAGE.value_set(stage.value)])
         self._refresh_details()
 
+    def _write_off_before(self, moment: datetime) -> Callable[[], bool]:
+        return lambda: self._written_off and workflow.now() < moment
+
     def _write_off_due(self) -> bool:
-        """An open invoice has reached its write-off moment, though its timer may not have fired:
-        two timers due at the same instant fire in an order the server chooses."""
+        """An open invoice has reached its write-off moment."""
         now = workflow.now()
         return any(
             invoice.status == "open" and self._write_off_moments[invoice.number] <= now
