@@ -9,14 +9,16 @@ from sqlalchemy import Engine
 from activities.billing import BillingActivities
 from activities.fulfilment import FulfilmentActivities
 from activities.leads import LeadActivities
+from activities.payments import PaymentActivities
 from activities.quotes import QuoteActivities
 from activities.revenue import RevenueActivities
 from l2c.config import BusinessRules
+from l2c.gateway import PaymentGateway
 from l2c.mail import Mailer
 
 
 def build_activities(
-    engine: Engine, rules: BusinessRules, mailer: Mailer
+    engine: Engine, rules: BusinessRules, mailer: Mailer, gateway: PaymentGateway | None = None
 ) -> list[Callable[..., Any]]:
     leads = LeadActivities(engine, rules, mailer)
     quotes = QuoteActivities(engine, rules)
@@ -38,4 +40,5 @@ def build_activities(
         billing.send_dunning_reminder,
         billing.write_off_deal,
         revenue.recognize_revenue,
+        PaymentActivities(gateway).charge_card,
     ]

@@ -135,6 +135,9 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
             "smtp_host": "127.0.0.1",
             "smtp_port": args.smtp_port,
             "data_dir": data_dir,
+            # Cards on file are charged through the sandbox gateway started below.
+            "gateway_url": os.environ.get("L2C_GATEWAY_URL")
+            or f"http://127.0.0.1:{args.gateway_port}",
         }
     )
     if not os.environ.get("L2C_DATABASE_URL"):

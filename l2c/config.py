@@ -173,6 +173,7 @@ class BillingConfig(_Strict):
 class DunningConfig(_Strict):
     reminder_days_after_due: list[int] = Field(min_length=1)
     write_off_days_after_due: int = Field(ge=1)
+    card_retry_days_after_due: list[int] = Field(default=[0, 3, 7], min_length=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> "DunningConfig":
@@ -181,6 +182,11 @@ class DunningConfig(_Strict):
             raise ValueError("reminder_days_after_due must be increasing and not negative")
         if self.write_off_days_after_due <= days[-1]:
             raise ValueError("write_off_days_after_due must come after the last reminder")
+        card = self.card_retry_days_after_due
+        if card != sorted(set(card)) or card[0] < 0 or card[-1] >= self.write_off_days_after_due:
+            raise ValueError(
+                "card_retry_days_after_due must be increasing, not negative, and before the write-off"
+            )
         return self
 
 
@@ -208,6 +214,7 @@ class PolicyConfig(_Strict):
             payment_terms_days=self.billing.payment_terms_days,
             reminder_days_after_due=list(self.dunning.reminder_days_after_due),
             write_off_days_after_due=self.dunning.write_off_days_after_due,
+            card_retry_days_after_due=list(self.dunning.card_retry_days_after_due),
             activities=self.activities,
             month_seconds=self.clock.month_seconds,
         )
@@ -259,6 +266,9 @@ class Settings(BaseModel):
     max_cached_workflows: int = Field(default=2000, ge=0)
     # Fault injection for tests and drills (l2c/faults.py): activity name -> fault, as JSON.
     faults_json: str | None = None
+    # The payment gateway (Stripe-compatible) that charges cards on file; `l2c dev` runs a sandbox.
+    gateway_url: str | None = None
+    gateway_api_key: str = "sk_test_l2c"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -276,6 +286,8 @@ class Settings(BaseModel):
                 mail_from=env.get("L2C_MAIL_FROM", "billing@seller.example"),
                 max_cached_workflows=int(env.get("L2C_MAX_CACHED_WORKFLOWS", "2000")),
                 faults_json=env.get("L2C_FAULTS") or None,
+                gateway_url=env.get("L2C_GATEWAY_URL") or None,
+                gateway_api_key=env.get("L2C_GATEWAY_API_KEY", "sk_test_l2c"),
             )
         except (ValueError, ValidationError) as err:
             raise ConfigError(f"environment: {err}") from None

@@ -8,11 +8,11 @@ activity's retry policy (with backoff) sends the same request again.
 """
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel
 
+from models.documents import ChargeRequest, ChargeResult
 from models.money import CENT
 
 # Declines that retrying cannot fix; the dunning stops charging the card after one of them.
@@ -27,26 +27,6 @@ class GatewayUnavailable(Exception):
 
 class GatewayRequestError(Exception):
     """Permanent: the gateway refused the request itself (bad key, parameters, reused key)."""
-
-
-class ChargeRequest(BaseModel):
-    deal_id: str  # in the payment's metadata, so the gateway's webhook finds the deal
-    invoice_number: str
-    attempt_series: int  # a new series (after the customer updates the card) may charge again
-    amount: Decimal
-    currency: str
-    customer: str
-    payment_method: str
-
-
-class ChargeResult(BaseModel):
-    status: Literal["succeeded", "declined"]
-    payment_intent_id: str | None = None
-    amount: Decimal
-    currency: str
-    decline_code: str | None = None
-    hard_decline: bool = False
-    replayed: bool = False  # the gateway answered from its idempotency store
 
 
 def idempotency_key(request: ChargeRequest) -> str:

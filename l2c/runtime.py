@@ -6,6 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 from sqlalchemy import Engine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
@@ -23,6 +24,7 @@ from activities import build_activities
 from l2c.config import BusinessRules, Settings
 from l2c.db import init_ledger, make_engine
 from l2c.faults import FaultInjector, FaultPlan
+from l2c.gateway import PaymentGateway
 from l2c.mail import Mailer
 from models.deal import WORKFLOW_TYPE, LeadInput, Stage, workflow_id_for
 from models.search import DEAL_STAGE
@@ -70,7 +72,12 @@ def build_worker(
     task_queue: str | None = None,
 ) -> Worker:
     mailer = Mailer(engine, settings.smtp_host, settings.smtp_port, settings.mail_from)
-    activities = build_activities(engine, rules, mailer)
+    gateway = None
+    if settings.gateway_url:
+        # Lives as long as the worker; a charge that hangs is abandoned after 30 s and retried.
+        http = httpx.Client(timeout=httpx.Timeout(10.0, read=30.0))
+        gateway = PaymentGateway(http, settings.gateway_url, settings.gateway_api_key)
+    activities = build_activities(engine, rules, mailer, gateway)
     interceptors = []
     if settings.faults_json:
         plan = FaultPlan.parse(settings.faults_json, {fn.__name__ for fn in activities})

@@ -113,6 +113,7 @@ class DealPolicy(BaseModel):
     # Defaults keep deals recorded before these settings existed replaying as they ran.
     activities: ActivityTiming = ActivityTiming()
     month_seconds: int = 0
+    card_retry_days_after_due: list[int] = [0, 3, 7]
 
     def months_after(self, start: datetime, months: int) -> datetime:
         """A billing or recognition boundary: calendar months, or `month_seconds` in a compressed demo."""

@@ -199,3 +199,26 @@ class DealClosing(BaseModel):
     score: int
     reason: str
     closed_at: datetime
+
+
+class ChargeRequest(BaseModel):
+    """One charge of a card on file. The gateway's idempotency key comes from the invoice and the
+    attempt series, so a retried activity never charges twice."""
+
+    deal_id: str  # in the payment's metadata, so the gateway's webhook finds the deal
+    invoice_number: str
+    attempt_series: int
+    amount: Decimal
+    currency: str
+    customer: str
+    payment_method: str
+
+
+class ChargeResult(BaseModel):
+    status: Literal["succeeded", "declined"]
+    payment_intent_id: str | None = None
+    amount: Decimal
+    currency: str
+    decline_code: str | None = None
+    hard_decline: bool = False
+    replayed: bool = False  # the gateway answered from its idempotency store

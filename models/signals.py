@@ -46,12 +46,23 @@ class RejectDiscount(_Payload):
     reason: Reason
 
 
+class CardOnFile(_Payload):
+    """The customer's card at the payment gateway, charged on each invoice's due date."""
+
+    customer: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^cus_\w{1,100}$")]
+    payment_method: Annotated[
+        str, StringConstraints(strip_whitespace=True, pattern=r"^pm_\w{1,100}$")
+    ]
+
+
 class SignContract(_Payload):
     signer_name: Name
     signer_email: Annotated[str, StringConstraints(max_length=254)]
     document_sha256: Annotated[
         str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[0-9a-f]{64}$")
     ]
+    # Optional: without a card on file, invoices wait for record_payment (bank transfers).
+    card_on_file: CardOnFile | None = None
 
     @field_validator("signer_email")
     @classmethod

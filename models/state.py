@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from models.deal import DealPolicy, LeadInput, Stage
 from models.documents import Quote
+from models.signals import CardOnFile
 
 InvoiceStatus = Literal["open", "paid", "uncollectible"]
 
@@ -70,4 +71,5 @@ class DealState(BaseModel):
     balance_due: Decimal = Decimal("0.00")
     revenue_recognized: Decimal = Decimal("0.00")
     payment_references: list[str] = Field(default_factory=list)
+    card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)

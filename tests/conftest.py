@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from l2c.config import BusinessRules, Settings, load_business_rules
 from l2c.db import init_ledger, make_engine
 from l2c.drill import free_port, start_time_skipping_env
+from l2c.gateway_sandbox import SandboxGateway
 from l2c.mailcatcher import MailCatcher
 from l2c.runtime import build_worker
 
@@ -67,13 +68,23 @@ def mailbox(tmp_path: Path) -> Iterator[MailCatcher]:
 
 
 @pytest.fixture
-def settings(mailbox: MailCatcher, tmp_path: Path) -> Settings:
+def sandbox_gateway() -> Iterator[SandboxGateway]:
+    """A real local payment gateway (Stripe-compatible) over HTTP."""
+    gateway = SandboxGateway(free_port())
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def settings(mailbox: MailCatcher, sandbox_gateway: SandboxGateway, tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path,
         database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
         smtp_host="127.0.0.1",
         smtp_port=mailbox.port,
         task_queue=f"lead-to-cash-{uuid.uuid4().hex[:8]}",
+        gateway_url=sandbox_gateway.url,
     )
 
 

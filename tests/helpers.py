@@ -103,7 +103,9 @@ async def refused_after(
     return refusals(after, name)[-1]
 
 
-async def quote_to_signature(handle: Handle, **quote: Any) -> DealState:
+async def quote_to_signature(
+    handle: Handle, card_on_file: dict[str, str] | None = None, **quote: Any
+) -> DealState:
     """From qualified: submit a quote within the auto-approve limit, sign it; returns the active state."""
     await wait_for_stage(handle, Stage.QUALIFIED)
     payload = {"submitted_by": "nora.na", "lines": [{"sku": "PLATFORM", "quantity": 10}],
@@ -112,14 +114,19 @@ async def quote_to_signature(handle: Handle, **quote: Any) -> DealState:
     await signal(handle, "submit_quote", payload)
     state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
     assert state.contract is not None
-    await sign(handle, state)
+    await sign(handle, state, card_on_file)
     return await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) >= 1)
 
 
-async def sign(handle: Handle, state: DealState) -> None:
+async def sign(
+    handle: Handle, state: DealState, card_on_file: dict[str, str] | None = None
+) -> None:
     assert state.contract is not None
-    await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
-                                          "document_sha256": state.contract.document_sha256})  # fmt: skip
+    signature: dict[str, Any] = {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
+                                 "document_sha256": state.contract.document_sha256}  # fmt: skip
+    if card_on_file is not None:
+        signature["card_on_file"] = card_on_file
+    await signal(handle, "sign_contract", signature)
 
 
 def account_balances(engine: Engine, deal_id: str | None = None) -> dict[str, Decimal]:

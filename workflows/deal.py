@@ -15,17 +15,20 @@ from pydantic import BaseModel, ValidationError
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue, RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
     from activities.fulfilment import FulfilmentActivities
     from activities.leads import LeadActivities
+    from activities.payments import PaymentActivities
     from activities.quotes import QuoteActivities
     from activities.revenue import RevenueActivities
     from models.deal import WORKFLOW_TYPE, ActivityTiming, DealPolicy, LeadInput, Stage
     from models.documents import (
         ApprovalRequirement,
+        ChargeRequest,
+        ChargeResult,
         ContractRequest,
         DealClosing,
         DunningNotice,
@@ -400,6 +403,8 @@ class DealWorkflow:
         if invoice.status == "open":
             self._write_off_moments[invoice.number] = self.policy.write_off_at(due_at)
             self._collections.append(asyncio.create_task(self.collect(invoice, due_at)))
+            if self.deal.card_on_file is not None:
+                self._collections.append(asyncio.create_task(self.charge_card(invoice, due_at)))
 
     async def collect(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning for one invoice: reminders on durable timers after the due date, then write-off."""
@@ -443,6 +448,52 @@ class DealWorkflow:
         await self.write_off(
             f"{invoice.number} unpaid {policy.write_off_days_after_due} days after due"
         )
+
+    async def charge_card(self, invoice: InvoiceView, due_at: datetime) -> None:
+        """Card on file: charged on the due date, again after a soft decline; a hard decline (or a
+        refusal by the gateway) leaves the invoice to the reminders and bank transfers."""
+        card = self.deal.card_on_file
+        assert card is not None
+
+        def settled() -> bool:
+            return invoice.status != "open" or self._written_off
+
+        for attempt, days in enumerate(self.policy.card_retry_days_after_due, start=1):
+            moment = due_at + timedelta(days=days)
+            if await self._wait_until(moment, settled, f"{invoice.number} card attempt {attempt}"):
+                return
+            request = ChargeRequest(deal_id=self.deal_id, invoice_number=invoice.number,
+                                    attempt_series=attempt, amount=invoice.balance,
+                                    currency=invoice.currency, customer=card.customer,
+                                    payment_method=card.payment_method)  # fmt: skip
+            try:
+                result: ChargeResult = await self._call(
+                    PaymentActivities.charge_card,
+                    request,
+                    f"charge card for {invoice.number}, attempt {attempt}",
+                )
+            except ActivityError as failed:
+                reason = str(failed.cause or failed)[:300]
+                self._record("card_not_charged", "gateway", f"{invoice.number}: {reason}")
+                return
+            if result.status == "succeeded" and result.payment_intent_id is not None:
+                if settled():
+                    # Paid by transfer (or written off) while the charge was under way.
+                    self._record("card_payment_to_refund", "gateway",
+                                 f"{invoice.number}: {result.amount} {result.currency} ref "
+                                 f"{result.payment_intent_id} arrived after the invoice was "
+                                 f"{invoice.status}")  # fmt: skip
+                    return
+                await self._apply_payment(
+                    invoice, result.amount, result.payment_intent_id, "gateway"
+                )
+                return
+            hard = " (hard decline: no more attempts)" if result.hard_decline else ""
+            self._record(
+                "card_declined", "gateway", f"{invoice.number}: {result.decline_code}{hard}"
+            )
+            if result.hard_decline:
+                return
 
     async def write_off(self, reason: str) -> None:
         if self._written_off:
@@ -566,7 +617,9 @@ class DealWorkflow:
     @workflow.signal(
         description="Record the customer's signature; document_sha256 must be the sent "
         'contract\'s (see the state query). {"signer_name": "Ada Lovelace", '
-        '"signer_email": "ada@acme.example", "document_sha256": "<64 hex>"}'
+        '"signer_email": "ada@acme.example", "document_sha256": "<64 hex>"}; optional '
+        '"card_on_file": {"customer": "cus_...", "payment_method": "pm_..."} to charge invoices '
+        "on their due dates"
     )
     def sign_contract(self, payload: RawValue = NO_PAYLOAD) -> None:
         signature = self._accept(
@@ -590,6 +643,7 @@ class DealWorkflow:
             )
         else:
             self._signature = signature
+            self.deal.card_on_file = signature.card_on_file
             contract.signed_by = signature.signer_name
             contract.signer_email = signature.signer_email
             contract.signed_at = workflow.now()
@@ -645,29 +699,34 @@ class DealWorkflow:
         if reason is not None or invoice is None:
             self._refuse("record_payment", payment.recorded_by, reason or "refused")
             return
+        await self._apply_payment(invoice, payment.amount, payment.reference, payment.recorded_by)
+
+    async def _apply_payment(
+        self, invoice: InvoiceView, amount: Decimal, reference: str, by: str
+    ) -> None:
         # The deal's view changes at once so dunning stops; the ledger posting follows durably.
-        invoice.amount_paid += payment.amount
+        invoice.amount_paid += amount
         if invoice.balance == 0:
             invoice.status = "paid"
-        self.deal.payment_references.append(payment.reference)
+        self.deal.payment_references.append(reference)
         self._refresh_balance()
         self._record(
             "payment_recorded",
-            payment.recorded_by,
-            f"{payment.amount} {invoice.currency} on {invoice.number} ref {payment.reference}",
+            by,
+            f"{amount} {invoice.currency} on {invoice.number} ref {reference}",
         )
         await self._call(
             BillingActivities.apply_payment,
             PaymentRecord(
                 deal_id=self.deal_id,
                 invoice_number=invoice.number,
-                amount=payment.amount,
+                amount=amount,
                 currency=invoice.currency,
-                reference=payment.reference,
-                recorded_by=payment.recorded_by,
+                reference=reference,
+                recorded_by=by,
                 received_at=workflow.now(),
             ),
-            f"apply payment {payment.reference}",
+            f"apply payment {reference}",
         )
 
     @workflow.signal(
