@@ -85,6 +85,10 @@ def activity_options(timing: ActivityTiming) -> dict[str, Any]:
     }
 
 
+# A card charge that gets no answer this long is abandoned (retries included): well within the day
+# for which a Stripe-compatible gateway keeps an idempotency key, and long before a next attempt.
+CHARGE_GIVE_UP = timedelta(hours=6)
+
 BEFORE_SIGNATURE = (
     Stage.NEW,
     Stage.NURTURING,
@@ -127,6 +131,8 @@ class DealWorkflow:
         self._month_end_due: datetime | None = None  # the month end the billing loop waits for
         self._collections: list[asyncio.Task[None]] = []
         self._write_off_moments: dict[str, datetime] = {}  # invoice number -> write-off moment
+        self._charging: set[str] = set()  # invoices whose card charge is under way
+        self._postings_running = 0  # payment postings under way
 
     # ------------------------------------------------------------------ the process
 
@@ -450,8 +456,9 @@ class DealWorkflow:
         )
 
     async def charge_card(self, invoice: InvoiceView, due_at: datetime) -> None:
-        """Card on file: charged on the due date, again after a soft decline; a hard decline (or a
-        refusal by the gateway) leaves the invoice to the reminders and bank transfers."""
+        """Card on file: charged on the due date, again after a soft decline. A hard decline, a
+        refusal by the gateway or an unanswered charge leaves the invoice to the reminders, bank
+        transfers and (for a charge whose answer was lost) the gateway's webhook."""
         card = self.deal.card_on_file
         assert card is not None
 
@@ -466,28 +473,31 @@ class DealWorkflow:
                                     attempt_series=attempt, amount=invoice.balance,
                                     currency=invoice.currency, customer=card.customer,
                                     payment_method=card.payment_method)  # fmt: skip
+            # While the charge is under way, other payments of this invoice are refused and a
+            # write-off waits: the card's answer is applied before anything else touches it.
+            self._charging.add(invoice.number)
             try:
                 result: ChargeResult = await self._call(
                     PaymentActivities.charge_card,
                     request,
                     f"charge card for {invoice.number}, attempt {attempt}",
+                    give_up_after=CHARGE_GIVE_UP,
                 )
+                if result.status == "succeeded" and result.payment_intent_id is not None:
+                    if result.payment_intent_id not in self.deal.payment_references:
+                        await self._apply_payment(
+                            invoice, result.amount, result.payment_intent_id, "gateway"
+                        )
+                    return
             except ActivityError as failed:
+                # Refused by the gateway, or no answer within CHARGE_GIVE_UP: a new attempt could
+                # charge twice (the gateway keeps idempotency keys for a day), so none is made.
+                # A charge that did go through arrives as the gateway's webhook.
                 reason = str(failed.cause or failed)[:300]
                 self._record("card_not_charged", "gateway", f"{invoice.number}: {reason}")
                 return
-            if result.status == "succeeded" and result.payment_intent_id is not None:
-                if settled():
-                    # Paid by transfer (or written off) while the charge was under way.
-                    self._record("card_payment_to_refund", "gateway",
-                                 f"{invoice.number}: {result.amount} {result.currency} ref "
-                                 f"{result.payment_intent_id} arrived after the invoice was "
-                                 f"{invoice.status}")  # fmt: skip
-                    return
-                await self._apply_payment(
-                    invoice, result.amount, result.payment_intent_id, "gateway"
-                )
-                return
+            finally:
+                self._charging.discard(invoice.number)
             hard = " (hard decline: no more attempts)" if result.hard_decline else ""
             self._record(
                 "card_declined", "gateway", f"{invoice.number}: {result.decline_code}{hard}"
@@ -500,12 +510,15 @@ class DealWorkflow:
             return  # another invoice's write-off, due at the same moment, is already under way
         # At once: billing stops, payments are refused, every other invoice's dunning ends.
         self._written_off = True
-        # An invoice or posting under way finishes first, so the write-off sees it. So does the
+        # An invoice, card charge or payment posting under way finishes first, so the write-off
+        # sees it. So does the
         # recognition of a month that ended at this very moment: that month was delivered, whichever
         # of two timers due together the server fires first.
         await workflow.wait_condition(
             lambda: (
                 not self._billing_step_running
+                and not self._charging
+                and self._postings_running == 0
                 and (self._month_end_due is None or self._month_end_due > workflow.now())
             )
         )
@@ -691,6 +704,8 @@ class DealWorkflow:
             reason = f"payment in {payment.currency} but {invoice.number} is in {invoice.currency}"
         elif invoice.status != "open":
             reason = f"{invoice.number} is {invoice.status}"
+        elif invoice.number in self._charging:
+            reason = f"the card on file is being charged for {invoice.number}; send again after it"
         elif payment.amount > invoice.balance:
             reason = (
                 f"{payment.amount} exceeds the balance due of {invoice.number} ({invoice.balance}); "
@@ -706,7 +721,7 @@ class DealWorkflow:
     ) -> None:
         # The deal's view changes at once so dunning stops; the ledger posting follows durably.
         invoice.amount_paid += amount
-        if invoice.balance == 0:
+        if invoice.balance <= 0:
             invoice.status = "paid"
         self.deal.payment_references.append(reference)
         self._refresh_balance()
@@ -715,19 +730,23 @@ class DealWorkflow:
             by,
             f"{amount} {invoice.currency} on {invoice.number} ref {reference}",
         )
-        await self._call(
-            BillingActivities.apply_payment,
-            PaymentRecord(
-                deal_id=self.deal_id,
-                invoice_number=invoice.number,
-                amount=amount,
-                currency=invoice.currency,
-                reference=reference,
-                recorded_by=by,
-                received_at=workflow.now(),
-            ),
-            f"apply payment {reference}",
-        )
+        self._postings_running += 1
+        try:
+            await self._call(
+                BillingActivities.apply_payment,
+                PaymentRecord(
+                    deal_id=self.deal_id,
+                    invoice_number=invoice.number,
+                    amount=amount,
+                    currency=invoice.currency,
+                    reference=reference,
+                    recorded_by=by,
+                    received_at=workflow.now(),
+                ),
+                f"apply payment {reference}",
+            )
+        finally:
+            self._postings_running -= 1
 
     @workflow.signal(
         description='Engagement by a nurtured lead raises its score. {"kind": "demo_request"}'
@@ -852,12 +871,22 @@ class DealWorkflow:
         if self._lost is not None and self.deal.stage in BEFORE_SIGNATURE:
             raise DealEnded(Stage.LOST, f"marked lost by {self._lost.by}: {self._lost.reason}")
 
-    async def _call(self, activity: Callable[..., Any], arg: Any, summary: str) -> Any:
+    async def _call(
+        self,
+        activity: Callable[..., Any],
+        arg: Any,
+        summary: str,
+        give_up_after: timedelta | None = None,
+    ) -> Any:
         args = [] if arg is None else [arg]
         policy = self.deal.policy
         timing = policy.activities if policy is not None else POLICY_LOAD_TIMING
         return await workflow.execute_activity_method(
-            activity, args=args, summary=summary, **activity_options(timing)
+            activity,
+            args=args,
+            summary=summary,
+            schedule_to_close_timeout=give_up_after,
+            **activity_options(timing),
         )
 
     @property
