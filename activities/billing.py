@@ -159,6 +159,10 @@ class BillingActivities:
                 raise _ledger_conflict(
                     f"payment in {payment.currency}, invoice in {invoice.currency}"
                 )
+            if invoice.status != "open":  # e.g. written off: AR was already closed out
+                raise _ledger_conflict(
+                    f"payment {payment.reference}: {invoice.number} is {invoice.status}"
+                )
             paid = invoice.amount_paid + payment.amount
             if paid > invoice.amount:
                 raise _ledger_conflict(

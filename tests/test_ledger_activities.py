@@ -144,6 +144,12 @@ def test_write_off_reverses_undelivered_billing_and_expenses_the_rest(
     balances = account_balances(ledger, "deal-W")
     assert balances[ACCOUNTS_RECEIVABLE] == ZERO and balances[DEFERRED_REVENUE] == ZERO
     assert balances[BAD_DEBT_EXPENSE] == Decimal("1500.00")
+    # A payment posting that comes after the write-off is refused: AR was closed out already.
+    late = PaymentRecord(deal_id="deal-W", invoice_number=invoice.number, amount=Decimal("100.00"),
+                         currency="USD", reference="LATE-1", recorded_by="ops", received_at=NOW)  # fmt: skip
+    with pytest.raises(ApplicationError, match="is uncollectible"):
+        env.run(billing.apply_payment, late)
+    assert account_balances(ledger, "deal-W")[ACCOUNTS_RECEIVABLE] == ZERO
 
 
 def test_unbalanced_entry_is_refused_and_nothing_is_written(ledger: Engine) -> None:
