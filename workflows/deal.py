@@ -415,10 +415,7 @@ class DealWorkflow:
     async def collect(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning for one invoice: reminders on durable timers after the due date, then write-off."""
         policy = self.policy
-
-        def settled() -> bool:
-            return invoice.status != "open" or self._written_off
-
+        settled = self._settled(invoice)
         levels = policy.reminder_days_after_due
         for level, days in enumerate(levels, start=1):
             if await self._wait_until(
@@ -461,10 +458,7 @@ class DealWorkflow:
         transfers and (for a charge whose answer was lost) the gateway's webhook."""
         card = self.deal.card_on_file
         assert card is not None
-
-        def settled() -> bool:
-            return invoice.status != "open" or self._written_off
-
+        settled = self._settled(invoice)
         for attempt, days in enumerate(self.policy.card_retry_days_after_due, start=1):
             moment = due_at + timedelta(days=days)
             if await self._wait_until(moment, settled, f"{invoice.number} card attempt {attempt}"):
@@ -511,9 +505,8 @@ class DealWorkflow:
         # At once: billing stops, payments are refused, every other invoice's dunning ends.
         self._written_off = True
         # An invoice, card charge or payment posting under way finishes first, so the write-off
-        # sees it. So does the
-        # recognition of a month that ended at this very moment: that month was delivered, whichever
-        # of two timers due together the server fires first.
+        # sees it. So does the recognition of a month that ended at this very moment: that month
+        # was delivered, whichever of two timers due together the server fires first.
         await workflow.wait_condition(
             lambda: (
                 not self._billing_step_running
@@ -899,6 +892,10 @@ class DealWorkflow:
             self.deal.stage = stage
             workflow.upsert_search_attributes([DEAL_STAGE.value_set(stage.value)])
         self._refresh_details()
+
+    def _settled(self, invoice: InvoiceView) -> Callable[[], bool]:
+        """Whether collecting `invoice` is over: it is paid, or the deal is being written off."""
+        return lambda: invoice.status != "open" or self._written_off
 
     def _write_off_before(self, moment: datetime) -> Callable[[], bool]:
         return lambda: self._written_off and workflow.now() < moment
