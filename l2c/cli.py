@@ -167,9 +167,8 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
         await worker
 
 
-DEV_WEBHOOK_SECRET = (
-    "whsec_l2c_dev"  # the sandbox's; a real gateway's comes from L2C_WEBHOOK_SECRET
-)
+# The sandbox's signing secret; a real gateway's comes from L2C_WEBHOOK_SECRET.
+DEV_WEBHOOK_SECRET = "whsec_l2c_dev"
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:

@@ -39,6 +39,11 @@ def to_minor_units(amount: Decimal) -> int:
     return int(amount * 100)
 
 
+def from_minor_units(amount: int) -> Decimal:
+    """An amount in the gateway's minor units (cents) as money."""
+    return (Decimal(amount) / 100).quantize(CENT)
+
+
 class PaymentGateway:
     def __init__(self, client: httpx.Client, base_url: str, api_key: str) -> None:
         self._client = client
@@ -71,16 +76,18 @@ class PaymentGateway:
         if response.status_code >= 500 or response.status_code in (409, 429):
             raise GatewayUnavailable(f"payment gateway answered {response.status_code}")
         body = _json(response)
-        if response.status_code == 200 and body.get("status") != "succeeded":
-            # requires_action (3-D Secure) or processing: not a payment yet; no flow handles it here.
-            raise GatewayRequestError(
-                f"payment intent {body.get('id')} is {str(body.get('status'))[:40]}, not succeeded"
-            )
         if response.status_code == 200:
+            if body.get("status") != "succeeded":
+                # requires_action (3-D Secure) or processing: not a payment yet, and no flow here
+                # handles those.
+                raise GatewayRequestError(
+                    f"payment intent {body.get('id')} is {str(body.get('status'))[:40]}, "
+                    "not succeeded"
+                )
             return ChargeResult(
                 status="succeeded",
                 payment_intent_id=body["id"],
-                amount=(Decimal(body["amount"]) / 100).quantize(CENT),
+                amount=from_minor_units(body["amount"]),
                 currency=body["currency"].upper(),
                 replayed=replayed,
             )

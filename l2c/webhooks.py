@@ -16,12 +16,12 @@ import hmac
 import json
 import time
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from l2c.gateway import from_minor_units
 from l2c.local_http import BackgroundServer, BadRequest, JsonHandler
 
 TOLERANCE_SECONDS = 300
@@ -78,7 +78,7 @@ def deal_signal(event: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None
         )
     payment = {
         "invoice_number": metadata["invoice_number"],
-        "amount": str((Decimal(intent["amount"]) / 100).quantize(Decimal("0.01"))),
+        "amount": str(from_minor_units(intent["amount"])),
         "currency": str(intent.get("currency", "")).upper(),
         "reference": intent["id"],
         "recorded_by": "gateway",
