@@ -13,9 +13,11 @@ from l2c.journal import (
     BAD_DEBT_EXPENSE,
     CASH,
     DEFERRED_REVENUE,
+    REVENUE_USAGE,
     post_entry,
 )
 from l2c.mail import Mailer
+from l2c.usage import bill_usage
 from models.documents import (
     DunningNotice,
     InvoiceRequest,
@@ -30,17 +32,24 @@ from models.ledger import (
     JournalEntry,
     JournalLine,
     PaymentRecordRow,
+    UsageChargeRecord,
 )
 from models.money import ZERO
 
 
-def _issued(row: InvoiceRecord) -> IssuedInvoice:
+def _issued(session: Session, row: InvoiceRecord) -> IssuedInvoice:
+    usage = session.exec(
+        select(col(UsageChargeRecord.amount)).where(
+            col(UsageChargeRecord.invoice_number) == row.number
+        )
+    ).all()
     return IssuedInvoice(
         number=row.number,
         amount=row.amount,
         currency=row.currency,
         issued_on=row.issued_on,
         due_date=row.due_date,
+        usage_amount=sum(usage, ZERO),
     )
 
 
@@ -56,41 +65,55 @@ class BillingActivities:
         self._mailer = mailer
 
     def _find_invoice(
-        self, session: Session, deal_id: str, period_index: int
+        self, session: Session, deal_id: str, billing_month: int
     ) -> InvoiceRecord | None:
         return session.exec(
             select(InvoiceRecord).where(
-                InvoiceRecord.deal_id == deal_id, InvoiceRecord.period_index == period_index
+                InvoiceRecord.deal_id == deal_id, InvoiceRecord.billing_month == billing_month
             )
         ).first()
 
     @activity.defn
-    def issue_invoice(self, request: InvoiceRequest) -> IssuedInvoice:
-        """Issue the invoice of one billing period once; its number is taken in the same transaction."""
+    def issue_invoice(self, request: InvoiceRequest) -> IssuedInvoice | None:
+        """Issue the invoice of one month boundary once: the billing period starting there (in
+        advance) and the metered usage not billed yet (in arrears). Its number is taken in the same
+        transaction. None when there is nothing to bill: no period starts and no usage is due."""
         try:
             return self._issue_invoice(request)
         except IntegrityError:
             # Another attempt of this same step committed first: its invoice is the invoice.
             with Session(self._engine) as session:
-                row = self._find_invoice(session, request.deal_id, request.period.index)
+                row = self._find_invoice(session, request.deal_id, request.billing_month)
                 if row is None:
                     raise
-                return _issued(row)
+                return _issued(session, row)
 
-    def _issue_invoice(self, request: InvoiceRequest) -> IssuedInvoice:
+    def _issue_invoice(self, request: InvoiceRequest) -> IssuedInvoice | None:
         period = request.period
         with Session(self._engine) as session:
-            existing = self._find_invoice(session, request.deal_id, period.index)
+            existing = self._find_invoice(session, request.deal_id, request.billing_month)
             if existing is not None:
-                return _issued(existing)
+                return _issued(session, existing)
+            usage = bill_usage(session, request.deal_id, request.usage) if request.usage else []
+            usage_lines = [charge.line for charge in usage if charge.line is not None]
+            if period is None and not usage_lines:
+                # Usage within the commitment: remembered as billed, so it is not looked at again.
+                for charge in usage:
+                    session.add(charge.record)
+                session.commit()
+                return None
+            lines = [*(period.lines if period else []), *usage_lines]
+            period_amount = period.amount if period else ZERO
+            usage_amount = sum((line.amount for line in usage_lines), ZERO)
+            amount = period_amount + usage_amount
             number = f"{INVOICE_SERIES}-{take_next_number(session, INVOICE_SERIES):06d}"
             html = render(
                 "invoice.html",
                 number=number,
                 deal_id=request.deal_id,
                 lead=request.lead,
-                lines=period.lines,
-                amount=period.amount,
+                lines=lines,
+                amount=amount,
                 currency=request.currency,
                 issued_on=request.issued_on,
                 due_date=request.due_date,
@@ -100,9 +123,10 @@ class BillingActivities:
             row = InvoiceRecord(
                 number=number,
                 deal_id=request.deal_id,
-                period_index=period.index,
+                billing_month=request.billing_month,
+                period_index=period.index if period else None,
                 currency=request.currency,
-                amount=period.amount,
+                amount=amount,
                 issued_on=request.issued_on,
                 due_date=request.due_date,
                 service_from=request.service_from,
@@ -111,7 +135,7 @@ class BillingActivities:
             )
             session.add(row)
             session.flush()
-            for line_no, line in enumerate(period.lines, start=1):
+            for line_no, line in enumerate(lines, start=1):
                 session.add(
                     InvoiceLineRecord(
                         invoice_number=number,
@@ -123,20 +147,26 @@ class BillingActivities:
                         amount=line.amount,
                     )
                 )
-            if period.amount > 0:
+            for charge in usage:
+                charge.record.invoice_number = number if charge.line is not None else None
+                session.add(charge.record)
+            if amount > 0:
+                # Billed in advance: deferred until delivered. Usage in arrears: already delivered.
+                credits = [
+                    (DEFERRED_REVENUE, ZERO, period_amount),
+                    (REVENUE_USAGE, ZERO, usage_amount),
+                ]
                 post_entry(
                     session,
-                    entry_key=f"{request.deal_id}:invoice:{period.index}",
+                    entry_key=f"{request.deal_id}:invoice:{number}",
                     deal_id=request.deal_id,
                     currency=request.currency,
                     memo=f"Invoice {number} issued",
                     posted_at=activity.info().current_attempt_scheduled_time,
-                    lines=[
-                        (ACCOUNTS_RECEIVABLE, period.amount, ZERO),
-                        (DEFERRED_REVENUE, ZERO, period.amount),
-                    ],
+                    lines=[(ACCOUNTS_RECEIVABLE, amount, ZERO), *(c for c in credits if c[2] > 0)],
                 )
-            issued = _issued(row)
+            session.flush()
+            issued = _issued(session, row)
             session.commit()
             return issued
 
@@ -228,7 +258,7 @@ class BillingActivities:
             invoices = session.exec(
                 select(InvoiceRecord)
                 .where(InvoiceRecord.deal_id == request.deal_id)
-                .order_by(col(InvoiceRecord.period_index))
+                .order_by(col(InvoiceRecord.billing_month))
             ).all()
             done = session.exec(
                 select(JournalEntry).where(JournalEntry.entry_key == entry_key)

@@ -1,10 +1,11 @@
-"""Benchmark 6 (issue 4): ingest metered usage events and total them per deal and month.
+"""Benchmark 6 (issue 4): ingest metered usage events and bill them per deal and month.
 
     python -m bench.usage_ingest --events 1000000
 
 Writes a JSON Lines file of usage events for 100 deals over 12 months (1% of them sent twice, as a
 retried upload would), loads it into a fresh SQLite ledger with `l2c usage ingest`'s function, then
-totals and prices every deal's usage for every month. Each size runs in its own process, so its
+bills every deal's usage for every month as the invoice activity does (`bill_usage`: the month's
+total, the check for late events of earlier months, the overage priced into an invoice line). Each size runs in its own process, so its
 peak memory is its own. Goal: at least 100,000 events/s, and peak memory that does not grow with
 the number of events.
 """
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from sqlmodel import Session
@@ -25,10 +27,12 @@ from sqlmodel import Session
 from bench.report import machine, print_table
 from l2c.config import load_business_rules
 from l2c.db import init_ledger, make_engine
-from l2c.pricing import price_metered_usage
-from l2c.usage import ingest_usage, metered_usage
+from l2c.pricing import price_quote
+from l2c.usage import bill_usage, ingest_usage
 from models.calendar import add_months
+from models.documents import QuoteRequest, UsageBilling
 from models.ledger import Account, Lead
+from models.signals import QuoteLineInput, SubmitQuote
 
 DEALS = 100
 MONTHS = 12
@@ -71,13 +75,24 @@ def run_one(count: int, shuffled: bool) -> dict[str, object]:
         with events.open("rb") as lines:
             report = ingest_usage(engine, lines, rules.catalog)
         ingest_seconds = time.perf_counter() - started
-        product = rules.catalog.by_sku["API_CALLS"]
+        submission = SubmitQuote(submitted_by="bench", lines=[QuoteLineInput(sku="API_CALLS", quantity=1)],
+                                 discount_percent=Decimal(0), term_months=MONTHS,
+                                 billing_period="monthly")  # fmt: skip
+        quote = price_quote(rules.catalog, rules.approvals, QuoteRequest(
+            deal_id="bench", version=1, currency="USD", submission=submission)).quote  # fmt: skip
+        assert quote is not None
+        usage_lines = 0
         started = time.perf_counter()
-        for deal in range(DEALS):
-            for month in range(MONTHS):
-                calls = metered_usage(engine, f"deal-B-{deal:03d}", "API_CALLS",
-                                      add_months(START, month), add_months(START, month + 1))  # fmt: skip
-                price_metered_usage(product, calls, "USD")
+        for month in range(1, MONTHS + 1):
+            billing = UsageBilling(activated_at=START, month_seconds=0, through_month=month,
+                                   lines=quote.lines, discount_percent=Decimal(0))  # fmt: skip
+            for deal in range(DEALS):
+                with Session(engine) as session:
+                    charges = bill_usage(session, f"deal-B-{deal:03d}", billing)
+                    for charge in charges:
+                        session.add(charge.record)
+                    usage_lines += sum(1 for charge in charges if charge.line is not None)
+                    session.commit()
         total_seconds = time.perf_counter() - started
     assert report.rejected == 0 and report.accepted + report.duplicates == count
     return {
@@ -87,7 +102,8 @@ def run_one(count: int, shuffled: bool) -> dict[str, object]:
         "duplicates": report.duplicates,
         "ingest s": round(ingest_seconds, 2),
         "events/s": round(count / ingest_seconds),
-        "1,200 period totals s": round(total_seconds, 2),
+        "bill 1,200 deal-months s": round(total_seconds, 2),
+        "usage lines": usage_lines,
         "peak RSS MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

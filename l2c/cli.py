@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from l2c.config import ConfigError, Settings, load_business_rules
+from l2c.db import LedgerSchemaOutdated
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as err:
         return _fail(f"configuration error: {err}")
-    except ConnectionError as err:
+    except (ConnectionError, LedgerSchemaOutdated) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
         return 130

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlmodel import Session, SQLModel
 
 import models.ledger as ledger_tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -41,9 +41,27 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+class LedgerSchemaOutdated(Exception):
+    """The ledger was created by an older version and lacks columns this version writes."""
+
+
 def init_ledger(engine: Engine) -> None:
-    """Create missing tables and number series; safe to call on every start."""
+    """Create missing tables and number series; safe to call on every start.
+
+    A table created by an older version is not altered behind anyone's back: the start is refused
+    with the table and the columns it lacks.
+    """
     SQLModel.metadata.create_all(engine)
+    inspector = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in present]
+        if missing:
+            raise LedgerSchemaOutdated(
+                f"the ledger at {engine.url.render_as_string(hide_password=True)} was created by "
+                f"an older version: table {table.name} lacks {', '.join(missing)}. Point "
+                "L2C_DATABASE_URL at a new database, or move the old file aside"
+            )
     with Session(engine) as session:
         if session.get(NumberSeries, INVOICE_SERIES) is None:
             session.add(NumberSeries(name=INVOICE_SERIES, next_value=1))

@@ -53,7 +53,11 @@ def check_ledger(engine: Engine) -> list[str]:
             f"number series {INVOICE_SERIES} is at {series.next_value}, "
             f"but {len(numbers)} invoices exist"
         )
-    periods = Counter((invoice.deal_id, invoice.period_index) for invoice in invoices)
+    periods = Counter(
+        (invoice.deal_id, invoice.period_index)
+        for invoice in invoices
+        if invoice.period_index is not None
+    )
     problems += [
         f"{deal} period {period} invoiced {n} times"
         for (deal, period), n in periods.items()

@@ -15,6 +15,7 @@ from models.documents import (
     Quote,
     QuotePricing,
     QuoteRequest,
+    UsageTier,
 )
 from models.money import ZERO, to_cents
 from models.signals import BillingPeriod
@@ -28,12 +29,20 @@ class QuoteRefused(ValueError):
 
 def graduated_price(product: Product, quantity: int | Decimal, currency: str) -> Decimal:
     """Price of `quantity` units through graduated tiers: each tier prices the units inside it."""
+    return _through_tiers(usage_tiers(product, currency), quantity)
+
+
+def usage_tiers(product: Product, currency: str) -> list[UsageTier]:
+    return [UsageTier(up_to=tier.up_to, unit_price=tier.prices[currency]) for tier in product.tiers]
+
+
+def _through_tiers(tiers: list[UsageTier], quantity: int | Decimal) -> Decimal:
     total = Decimal(0)
     lower = 0
-    for tier in product.tiers:
+    for tier in tiers:
         upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
         if upper > lower:
-            total += (upper - lower) * tier.prices[currency]
+            total += (upper - lower) * tier.unit_price
         if tier.up_to is None or quantity <= tier.up_to:
             break
         lower = tier.up_to
@@ -47,6 +56,24 @@ def price_metered_usage(product: Product, metered: int, currency: str) -> Decima
     return to_cents(graduated_price(product, Decimal(metered) / product.metered_per_unit, currency))
 
 
+def usage_overage(line: PricedLine, discount_percent: Decimal, metered: int) -> Decimal:
+    """What a month's metered usage costs beyond the line's monthly commitment, which was billed
+    in advance: the tiers locked in the quote, its discount, rounded half-even once.
+
+    Billing the overage of a month in several steps (late events) adds up to this exactly, since
+    each step bills `usage_overage(now) - usage_overage(before)`.
+    """
+    if line.usage_tiers is None:
+        raise ValueError(f"{line.sku} is not a usage line")
+    units = Decimal(metered) / line.metered_per_unit
+    if units <= line.quantity:
+        return to_cents(Decimal(0))
+    beyond = _through_tiers(line.usage_tiers, units) - _through_tiers(
+        line.usage_tiers, line.quantity
+    )
+    return to_cents(beyond * (HUNDRED - discount_percent) / HUNDRED)
+
+
 def _price_line(product: Product, quantity: int, request: QuoteRequest) -> PricedLine:
     currency = request.currency
     if currency not in product.currencies():
@@ -58,12 +85,14 @@ def _price_line(product: Product, quantity: int, request: QuoteRequest) -> Price
     term = request.submission.term_months
     monthly_list: Decimal | None = None
     monthly_net: Decimal | None = None
+    tiers: list[UsageTier] | None = None
     if product.kind == "one_time":
         list_amount = to_cents(product.prices[currency] * quantity)
         net_amount = to_cents(list_amount * keep)
     else:
         if product.kind == "usage":
-            monthly_list = to_cents(graduated_price(product, quantity, currency))
+            tiers = usage_tiers(product, currency)
+            monthly_list = to_cents(_through_tiers(tiers, quantity))
         else:
             monthly_list = to_cents(product.prices[currency] * quantity)
         # The defined rounding point: the discounted monthly amount is rounded once, and every
@@ -80,6 +109,8 @@ def _price_line(product: Product, quantity: int, request: QuoteRequest) -> Price
         monthly_net=monthly_net,
         list_amount=list_amount,
         net_amount=net_amount,
+        usage_tiers=tiers,
+        metered_per_unit=product.metered_per_unit,
     )
 
 

@@ -26,10 +26,13 @@ from pydantic import (
     field_validator,
 )
 from sqlalchemy import Engine, func, select
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from l2c.config import Catalog
-from models.ledger import Lead, UsageEvent
+from l2c.pricing import usage_overage
+from models.calendar import months_after
+from models.documents import InvoiceLinePlan, UsageBilling
+from models.ledger import Lead, UsageChargeRecord, UsageEvent
 from models.validation import explain
 
 BATCH = 10_000
@@ -130,13 +133,82 @@ def ingest_usage(engine: Engine, lines: Iterable[str | bytes], catalog: Catalog)
 
 def metered_usage(engine: Engine, deal_id: str, sku: str, start: datetime, end: datetime) -> int:
     """The usage a deal metered of a product from `start` (inclusive) to `end` (exclusive)."""
-    with engine.connect() as connection:
-        total = connection.execute(
-            select(func.coalesce(func.sum(col(UsageEvent.quantity)), 0)).where(
-                col(UsageEvent.deal_id) == deal_id,
-                col(UsageEvent.sku) == sku,
-                col(UsageEvent.occurred_at) >= start.astimezone(UTC),
-                col(UsageEvent.occurred_at) < end.astimezone(UTC),
-            )
-        ).scalar_one()
+    with Session(engine) as session:
+        return _metered(session, deal_id, sku, start, end)
+
+
+def _metered(session: Session, deal_id: str, sku: str, start: datetime, end: datetime) -> int:
+    total = session.execute(
+        select(func.coalesce(func.sum(col(UsageEvent.quantity)), 0)).where(
+            col(UsageEvent.deal_id) == deal_id,
+            col(UsageEvent.sku) == sku,
+            col(UsageEvent.occurred_at) >= start.astimezone(UTC),
+            col(UsageEvent.occurred_at) < end.astimezone(UTC),
+        )
+    ).scalar_one()
     return int(total)
+
+
+@dataclass
+class UsageCharge:
+    line: InvoiceLinePlan | None  # None: the usage stayed within the commitment
+    record: UsageChargeRecord
+
+
+def bill_usage(session: Session, deal_id: str, billing: UsageBilling) -> list[UsageCharge]:
+    """The metered usage not billed yet, as invoice lines, inside the caller's transaction.
+
+    Normally that is the usage of the month just ended. Events that arrived after their month was
+    invoiced are billed too, at what they would have cost in their own month: the month's overage
+    now, less what was billed for it. Events before activation or after the term are not billed.
+    """
+
+    def boundary(month: int) -> datetime:
+        return months_after(billing.activated_at, month, billing.month_seconds)
+
+    charges = []
+    for line in billing.lines:
+        billed: dict[int, int] = {}
+        for month, through in session.execute(
+            select(col(UsageChargeRecord.month), func.max(col(UsageChargeRecord.metered_through)))
+            .where(
+                col(UsageChargeRecord.deal_id) == deal_id, col(UsageChargeRecord.sku) == line.sku
+            )
+            .group_by(col(UsageChargeRecord.month))
+        ).all():
+            billed[month] = int(through)
+        last = billing.through_month
+        months = [last]
+        # One range total tells whether any earlier month got late events; only then look at each.
+        if last > 1 and _metered(
+            session, deal_id, line.sku, boundary(0), boundary(last - 1)
+        ) != sum(through for month, through in billed.items() if month < last):
+            months = list(range(1, last + 1))
+        for month in months:
+            metered = _metered(session, deal_id, line.sku, boundary(month - 1), boundary(month))
+            before = billed.get(month, 0)
+            if metered <= before:
+                continue
+            amount = usage_overage(line, billing.discount_percent, metered) - usage_overage(
+                line, billing.discount_percent, before
+            )
+            record = UsageChargeRecord(deal_id=deal_id, sku=line.sku, month=month,
+                                       metered_through=metered, metered_before=before,
+                                       amount=amount)  # fmt: skip
+            invoice_line = None
+            if amount > 0:
+                committed = line.quantity * line.metered_per_unit
+                counted = (
+                    f"{metered - before:,} more metered after it was invoiced (late usage)"
+                    if before
+                    else f"{metered:,} metered, {committed:,} committed; overage in arrears"
+                )
+                invoice_line = InvoiceLinePlan(
+                    sku=line.sku,
+                    description=f"{line.name}, month {month}: {counted}",
+                    quantity=1,
+                    unit_price=amount,
+                    amount=amount,
+                )
+            charges.append(UsageCharge(line=invoice_line, record=record))
+    return charges

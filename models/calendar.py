@@ -1,7 +1,7 @@
 """Deterministic calendar arithmetic shared by the workflow and activities."""
 
 import calendar
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -11,3 +11,10 @@ def add_months(moment: datetime, months: int) -> datetime:
     month = month_index % 12 + 1
     day = min(moment.day, calendar.monthrange(year, month)[1])
     return moment.replace(year=year, month=month, day=day)
+
+
+def months_after(start: datetime, months: int, month_seconds: int = 0) -> datetime:
+    """A billing or recognition boundary: calendar months, or `month_seconds` in a compressed demo."""
+    if month_seconds:
+        return start + timedelta(seconds=month_seconds * months)
+    return add_months(start, months)

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.calendar import add_months
+from models.calendar import months_after
 from models.money import CurrencyCode
 
 TASK_QUEUE = "lead-to-cash"
@@ -116,10 +116,8 @@ class DealPolicy(BaseModel):
     card_retry_days_after_due: list[int] = [0, 3, 7]
 
     def months_after(self, start: datetime, months: int) -> datetime:
-        """A billing or recognition boundary: calendar months, or `month_seconds` in a compressed demo."""
-        if self.month_seconds:
-            return start + timedelta(seconds=self.month_seconds * months)
-        return add_months(start, months)
+        """A month boundary of this deal: calendar months, or compressed ones in a demo."""
+        return months_after(start, months, self.month_seconds)
 
     def write_off_at(self, due_at: datetime) -> datetime:
         """When an invoice due at `due_at` and still unpaid is written off."""

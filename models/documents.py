@@ -22,6 +22,13 @@ class LeadAssessment(BaseModel):
     breakdown: dict[str, int]  # feature -> points, so a person can see why the score is what it is
 
 
+class UsageTier(BaseModel):
+    """A graduated tier of a usage product, in the quote's currency, locked when it is quoted."""
+
+    up_to: int | None  # in priced units (e.g. thousands of calls); None = no upper bound
+    unit_price: Decimal
+
+
 class PricedLine(BaseModel):
     sku: str
     name: str
@@ -32,6 +39,10 @@ class PricedLine(BaseModel):
     monthly_net: Decimal | None  # ... after discount, rounded to cents: what each month bills
     list_amount: Decimal  # over the whole term
     net_amount: Decimal  # over the whole term
+    # Usage lines: the quantity is a monthly commitment billed in advance; metered usage above it
+    # is billed in arrears through these tiers (how many metered units make one priced unit).
+    usage_tiers: list[UsageTier] | None = None
+    metered_per_unit: int = 1
 
 
 class InvoiceLinePlan(BaseModel):
@@ -120,10 +131,24 @@ class OrderProvisioned(BaseModel):
     entitlements: dict[str, int]
 
 
+class UsageBilling(BaseModel):
+    """Metered usage to bill in arrears on an invoice: the usage of the term's months up to
+    `through_month`, less what earlier invoices billed (so late events of a month are billed too)."""
+
+    activated_at: datetime  # month boundaries count from here, as the deal's timers do
+    month_seconds: int  # 0 = calendar months (see DealPolicy.months_after)
+    through_month: int  # 1-based: months 1..through_month have ended
+    lines: list[PricedLine]  # the quote's usage lines: commitment and locked tiers
+    discount_percent: Decimal
+
+
 class InvoiceRequest(BaseModel):
     deal_id: str
     lead: LeadInput
-    period: BillingPeriodPlan
+    # The month boundary the invoice is issued at (0 = activation): its natural key in the deal.
+    billing_month: int
+    period: BillingPeriodPlan | None  # the billing period invoiced in advance, if one starts here
+    usage: UsageBilling | None = None
     currency: str
     issued_on: date
     due_date: date
@@ -137,6 +162,7 @@ class IssuedInvoice(BaseModel):
     currency: str
     issued_on: date
     due_date: date
+    usage_amount: Decimal = Decimal("0.00")  # billed in arrears: delivered, so revenue at once
 
 
 class PaymentRecord(BaseModel):

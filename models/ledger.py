@@ -156,10 +156,11 @@ class NumberSeries(SQLModel, table=True):
 
 class InvoiceRecord(SQLModel, table=True):
     __tablename__ = "invoices"
-    __table_args__ = (UniqueConstraint("deal_id", "period_index"),)
+    __table_args__ = (UniqueConstraint("deal_id", "billing_month"),)
     number: str = Field(primary_key=True, max_length=40)
     deal_id: str = Field(index=True, max_length=80)
-    period_index: int
+    billing_month: int  # the month boundary it was issued at (0 = activation): one invoice each
+    period_index: int | None = None  # the billing period it bills in advance; None: usage only
     currency: str = Field(max_length=3)
     amount: Decimal = money()
     amount_paid: Decimal = money(default=Decimal("0.00"))
@@ -238,3 +239,21 @@ class UsageEvent(SQLModel, table=True):
     sku: str = Field(max_length=40)
     quantity: int = Field(sa_type=BigInteger)  # in the product's metered unit, e.g. one API call
     occurred_at: datetime = utc_timestamp(nullable=False)
+
+
+class UsageChargeRecord(SQLModel, table=True):
+    """Metered usage billed in arrears: one row per invoice step of a deal's product and month.
+
+    `metered_through` of the latest row is how much of the month's usage has been billed, so
+    events that arrive after their month was invoiced are billed on the next invoice, once.
+    """
+
+    __tablename__ = "usage_charges"
+    deal_id: str = Field(primary_key=True, max_length=80)
+    sku: str = Field(primary_key=True, max_length=40)
+    month: int = Field(primary_key=True)  # 1-based month of the term
+    metered_through: int = Field(primary_key=True, sa_type=BigInteger)
+    metered_before: int = Field(sa_type=BigInteger)
+    # None when the step billed nothing (usage within the commitment) and no invoice was issued.
+    invoice_number: str | None = Field(default=None, foreign_key="invoices.number", max_length=40)
+    amount: Decimal = money()

@@ -40,7 +40,8 @@ class ContractView(BaseModel):
 
 class InvoiceView(BaseModel):
     number: str
-    period_index: int
+    period_index: int | None  # the billing period it bills in advance; None: usage in arrears only
+    billing_month: int = 0  # the month boundary it was issued at (0 = activation)
     amount: Decimal
     currency: str
     issued_on: date

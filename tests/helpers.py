@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.runtime import start_deal
@@ -55,6 +55,23 @@ async def final_state(handle: Handle, timeout: float = 60) -> DealState:
             f"{handle.id} did not finish in {timeout} s; stage {state.stage}, "
             f"last events {state.events[-3:]}"
         ) from None
+
+
+async def retire_at_rest(handles: list[Handle], timeout: float = 30) -> None:
+    """Terminate deals a test leaves open, each once no activity of it is under way: terminating
+    one mid-activity would leave the time-skipping server's clock locked for the rest of the run."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    for handle in handles:
+        while True:
+            description = await handle.describe()
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                break
+            if not description.raw_description.pending_activities:
+                await handle.terminate("test finished")
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{handle.id} still has activities under way")
+            await asyncio.sleep(0.05)
 
 
 async def state_of(handle: Handle) -> DealState:

@@ -28,6 +28,7 @@ from tests.helpers import (
     Handle,
     make_lead,
     quote_to_signature,
+    retire_at_rest,
     signal,
     start,
     state_of,
@@ -173,10 +174,12 @@ class DealsAtRest:
 async def deals(ts_env: WorkflowEnvironment, deal_worker: Settings) -> AsyncIterator[DealsAtRest]:
     pool = DealsAtRest(ts_env.client, deal_worker.task_queue)
     yield pool
-    # Not one workflow task failed, whatever was thrown at the deals. (The deals are left open:
-    # terminating one mid-activity would stall the time-skipping server's clock.)
+    # Not one workflow task failed, whatever was thrown at the deals.
     for handle in pool.created:
         await assert_no_task_failed(handle)
+    # Left running without a worker, their timers would keep firing as later tests skip time,
+    # each a workflow task nobody takes, and the server's clock would crawl.
+    await retire_at_rest(pool.created)
 
 
 async def assert_no_task_failed(handle: Handle) -> None:

@@ -4,6 +4,7 @@ retries and repeats never create a second invoice, payment, posting or e-mail.""
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -16,6 +17,7 @@ from activities.leads import LeadActivities
 from activities.quotes import QuoteActivities
 from activities.revenue import RevenueActivities
 from l2c.config import BusinessRules
+from l2c.db import LedgerSchemaOutdated, init_ledger, make_engine
 from l2c.journal import (
     ACCOUNTS_RECEIVABLE,
     BAD_DEBT_EXPENSE,
@@ -68,7 +70,9 @@ def invoice_request(
         LeadActivities(ledger, rules, Mailer(ledger, None, 25, "x@y.example")).capture_lead, lead
     )
     q = priced(rules, ledger, deal_id, **quote)
-    return InvoiceRequest(deal_id=deal_id, lead=lead, period=q.billing_plan[period], currency="USD",
+    plan = q.billing_plan[period]
+    return InvoiceRequest(deal_id=deal_id, lead=lead, billing_month=plan.start_month, period=plan,
+                          currency="USD",
                           issued_on=date(2026, 1, 15), due_date=date(2026, 2, 14),
                           service_from=date(2026, 1, 15), service_to=date(2026, 2, 14))  # fmt: skip
 
@@ -237,3 +241,16 @@ def test_ledger_audit_names_each_broken_invariant(ledger: Engine, rules: Busines
     assert any("payments add to 100.00, invoice shows 50.00 paid" in p for p in problems), problems
     assert any(f"journal entry {entry_key} does not balance" in p for p in problems), problems
     assert any("number series INV is at 5, but 2 invoices exist" in p for p in problems), problems
+
+
+def test_a_ledger_from_an_older_version_is_refused_with_what_it_lacks(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:  # the invoices table as it was before usage billing
+        connection.exec_driver_sql(
+            "CREATE TABLE invoices (number VARCHAR(40) PRIMARY KEY, deal_id VARCHAR(80), "
+            "period_index INTEGER, currency VARCHAR(3), amount INTEGER, amount_paid INTEGER, "
+            "status VARCHAR(20), issued_on DATE, due_date DATE, service_from DATE, "
+            "service_to DATE, html TEXT)"
+        )
+    with pytest.raises(LedgerSchemaOutdated, match="table invoices lacks billing_month"):
+        init_ledger(engine)

@@ -27,12 +27,14 @@ with workflow.unsafe.imports_passed_through():
     from models.deal import WORKFLOW_TYPE, ActivityTiming, DealPolicy, LeadInput, Stage
     from models.documents import (
         ApprovalRequirement,
+        BillingPeriodPlan,
         ChargeRequest,
         ChargeResult,
         ContractRequest,
         DealClosing,
         DunningNotice,
         InvoiceRequest,
+        IssuedInvoice,
         NurtureTouch,
         OrderRequest,
         PaymentRecord,
@@ -40,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         QuoteRequest,
         RevenueRecognition,
         SignatureRecord,
+        UsageBilling,
         WriteOffRequest,
     )
     from models.money import ZERO
@@ -88,6 +91,9 @@ def activity_options(timing: ActivityTiming) -> dict[str, Any]:
 # A card charge that gets no answer this long is abandoned (retries included): well within the day
 # for which a Stripe-compatible gateway keeps an idempotency key, and long before a next attempt.
 CHARGE_GIVE_UP = timedelta(hours=6)
+
+# Version marker (workflow.patched): metered usage is billed in arrears at each month boundary.
+USAGE_IN_ARREARS = "usage-billed-in-arrears"
 
 BEFORE_SIGNATURE = (
     Stage.NEW,
@@ -319,29 +325,27 @@ class DealWorkflow:
         self._record("order_provisioned", "provisioning", f"{order.order_id}: {order.entitlements}")
 
     async def invoice_collect_and_recognize(self, quote: Quote) -> Stage:
-        """Month by month over the term: invoice in advance, recognize at month end, collect."""
+        """Month by month over the term: invoice in advance (and metered usage in arrears),
+        recognize at month end, collect."""
         self._set_stage(Stage.ACTIVE)
         activated_at = self.deal.activated_at
         assert activated_at is not None
         periods = {period.start_month: period for period in quote.billing_plan}
+        # Deals that started before usage was billed in arrears replay as they ran.
+        bills_usage = any(line.kind == "usage" for line in quote.lines) and workflow.patched(
+            USAGE_IN_ARREARS
+        )
         for month in range(quote.term_months):
-            if self._write_off_due():
-                # An invoice reached its write-off moment, though its timer may not have fired
-                # yet (timers due together fire in an order the server chooses): no new period
-                # starts until it is either written off or, paid just in time, no longer due.
-                await workflow.wait_condition(
-                    lambda: self._written_off or not self._write_off_due()
-                )
-            if self._written_off:
+            if await self._billing_stopped():
                 break
-            self._billing_step_running = True
             period = periods.get(month)
-            if period is not None:
-                await self.issue_invoice(quote, period.index, activated_at)
+            if period is not None or (bills_usage and month > 0):
+                await self.issue_invoice(quote, month, period, activated_at, bills_usage)
             if month == 0 and quote.one_time_net > 0:
                 # Point in time: the one-time service is delivered once provisioning completes.
+                self._billing_step_running = True
                 await self.recognize("onboarding", "services", quote.one_time_net, quote.currency)
-            self._billing_step_running = False
+                self._billing_step_running = False
             month_end = self.policy.months_after(activated_at, month + 1)
             self._month_end_due = month_end
             # A write-off ends the wait early, unless this month has already ended: then its timer
@@ -361,38 +365,85 @@ class DealWorkflow:
                 )
                 self._billing_step_running = False
             self._month_end_due = None
+        else:
+            if bills_usage and not await self._billing_stopped():
+                # The last month's usage, billed in arrears once the term is over.
+                await self.issue_invoice(quote, quote.term_months, None, activated_at, True)
         await workflow.wait_condition(
             lambda: self._written_off or all(i.status == "paid" for i in self.deal.invoices)
         )
         await asyncio.gather(*self._collections)
         return Stage.WRITTEN_OFF if self._written_off else Stage.WON
 
-    async def issue_invoice(self, quote: Quote, period_index: int, activated_at: datetime) -> None:
-        period = quote.billing_plan[period_index]
+    async def _billing_stopped(self) -> bool:
+        """Whether a write-off ended billing. An invoice may have reached its write-off moment
+        though its timer has not fired yet (timers due together fire in an order the server
+        chooses): nothing new is billed until it is either written off or, paid just in time, no
+        longer due."""
+        if self._write_off_due():
+            await workflow.wait_condition(lambda: self._written_off or not self._write_off_due())
+        return self._written_off
+
+    async def issue_invoice(
+        self,
+        quote: Quote,
+        billing_month: int,
+        period: BillingPeriodPlan | None,
+        activated_at: datetime,
+        bills_usage: bool,
+    ) -> None:
+        """The invoice of a month boundary: the billing period starting there, in advance, and
+        (`bills_usage`) the metered usage of the months before it, in arrears."""
         issued_at = workflow.now()
         due_at = issued_at + timedelta(days=self.policy.payment_terms_days)
-        service_from = self.policy.months_after(activated_at, period.start_month).date()
-        period_end = self.policy.months_after(activated_at, period.start_month + period.months)
+        if period is not None:
+            first, last = period.start_month, period.start_month + period.months
+        else:
+            first, last = billing_month - 1, billing_month  # the usage month just ended
+        service_from = self.policy.months_after(activated_at, first).date()
         # The last day of service is the day before the next period starts (the same day when a
         # compressed demo month is shorter than a day).
+        period_end = self.policy.months_after(activated_at, last)
         service_to = max(service_from, (period_end - timedelta(days=1)).date())
-        issued = await self._call(
-            BillingActivities.issue_invoice,
-            InvoiceRequest(
-                deal_id=self.deal_id,
-                lead=self.deal.lead,
-                period=period,
-                currency=quote.currency,
-                issued_on=issued_at.date(),
-                due_date=due_at.date(),
-                service_from=service_from,
-                service_to=service_to,
-            ),
-            f"issue invoice for period {period_index + 1}",
-        )
+        usage = None
+        if bills_usage and billing_month > 0:
+            usage = UsageBilling(
+                activated_at=activated_at,
+                month_seconds=self.policy.month_seconds,
+                through_month=billing_month,
+                lines=[line for line in quote.lines if line.kind == "usage"],
+                discount_percent=quote.discount_percent,
+            )
+        self._billing_step_running = True
+        try:
+            issued: IssuedInvoice | None = await self._call(
+                BillingActivities.issue_invoice,
+                InvoiceRequest(
+                    deal_id=self.deal_id,
+                    lead=self.deal.lead,
+                    billing_month=billing_month,
+                    period=period,
+                    usage=usage,
+                    currency=quote.currency,
+                    issued_on=issued_at.date(),
+                    due_date=due_at.date(),
+                    service_from=service_from,
+                    service_to=service_to,
+                ),
+                f"issue invoice for period {period.index + 1}"
+                if period is not None
+                else f"bill usage of month {billing_month}",
+            )
+        finally:
+            self._billing_step_running = False
+        if issued is None:
+            return  # usage within the commitment and no period starting: nothing to bill
+        # Usage billed in arrears was delivered: it is revenue as soon as it is invoiced.
+        self.deal.revenue_recognized += issued.usage_amount
         invoice = InvoiceView(
             number=issued.number,
-            period_index=period_index,
+            period_index=period.index if period is not None else None,
+            billing_month=billing_month,
             amount=issued.amount,
             currency=issued.currency,
             issued_on=issued.issued_on,
