@@ -1,37 +1,49 @@
 """Billing activities: invoices with gap-free numbers, cash application, dunning, write-off."""
 
+from decimal import Decimal
+
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from l2c.db import INVOICE_SERIES, take_next_number
+from l2c.db import CREDIT_NOTE_SERIES, INVOICE_SERIES, take_next_number
 from l2c.documents import render, render_email
 from l2c.journal import (
     ACCOUNTS_RECEIVABLE,
     BAD_DEBT_EXPENSE,
     CASH,
+    CUSTOMER_CREDIT,
     DEFERRED_REVENUE,
     REVENUE_USAGE,
+    SALES_CREDITS,
     post_entry,
 )
 from l2c.mail import Mailer
 from l2c.usage import bill_usage
+from models.cash import settled_status
 from models.documents import (
+    CreditApplication,
+    CreditNoteIssued,
+    CreditNoteRequest,
     DunningNotice,
     InvoiceRequest,
     IssuedInvoice,
     PaymentRecord,
+    RefundRequest,
     WriteOffRequest,
     WriteOffResult,
 )
 from models.ledger import (
+    CreditNoteRecord,
     InvoiceLineRecord,
     InvoiceRecord,
     JournalEntry,
     JournalLine,
+    PaymentAllocation,
     PaymentRecordRow,
+    RefundRecord,
     UsageChargeRecord,
 )
 from models.money import ZERO
@@ -57,6 +69,51 @@ def _ledger_conflict(message: str) -> ApplicationError:
     # The workflow validates before it calls; reaching this means the ledger and the deal disagree,
     # which no retry can fix and a person must look at.
     return ApplicationError(message, type="LedgerConflict", non_retryable=True)
+
+
+def _nonzero(lines: list[tuple[str, Decimal, Decimal]]) -> list[tuple[str, Decimal, Decimal]]:
+    return [line for line in lines if line[1] or line[2]]
+
+
+def _open_or_paid_invoice(
+    session: Session, deal_id: str, number: str, currency: str
+) -> InvoiceRecord:
+    invoice = session.get(InvoiceRecord, number)
+    if invoice is None or invoice.deal_id != deal_id:
+        raise _ledger_conflict(f"invoice {number} is not this deal's")
+    if invoice.currency != currency:
+        raise _ledger_conflict(f"{currency} on {number}, which is in {invoice.currency}")
+    if invoice.status not in ("open", "paid"):  # e.g. written off: AR was already closed out
+        raise _ledger_conflict(f"{number} is {invoice.status}")
+    return invoice
+
+
+def _settle_status(invoice: InvoiceRecord) -> None:
+    invoice.status = settled_status(invoice.amount, invoice.amount_credited, invoice.amount_paid)
+
+
+def _allocate(
+    session: Session, deal_id: str, source: str, number: str, amount: Decimal, currency: str
+) -> None:
+    invoice = _open_or_paid_invoice(session, deal_id, number, currency)
+    balance = invoice.amount - invoice.amount_credited - invoice.amount_paid
+    if invoice.status != "open" or amount > balance or amount <= 0:
+        raise _ledger_conflict(f"{source}: {amount} on {number}, whose balance is {balance}")
+    invoice.amount_paid += amount
+    _settle_status(invoice)
+    session.add(invoice)
+    session.add(PaymentAllocation(deal_id=deal_id, source=source, invoice_number=number,
+                                  amount=amount))  # fmt: skip
+
+
+def _customer_credit(session: Session, deal_id: str) -> Decimal:
+    """The credit the ledger holds for the deal's customer (a liability: credit-positive)."""
+    lines = session.exec(
+        select(JournalLine)
+        .join(JournalEntry, JournalEntry.id == JournalLine.entry_id)  # type: ignore[arg-type]
+        .where(JournalEntry.deal_id == deal_id, JournalLine.account == CUSTOMER_CREDIT)
+    ).all()
+    return sum((line.credit - line.debit for line in lines), ZERO)
 
 
 class BillingActivities:
@@ -172,7 +229,8 @@ class BillingActivities:
 
     @activity.defn
     def apply_payment(self, payment: PaymentRecord) -> None:
-        """Apply cash to an invoice once per reference: Dr cash, Cr accounts receivable."""
+        """Apply cash once per reference: Dr cash; Cr receivables for what invoices take, Cr
+        customer credit for the rest."""
         with Session(self._engine) as session:
             duplicate = session.exec(
                 select(PaymentRecordRow).where(
@@ -182,45 +240,140 @@ class BillingActivities:
             ).first()
             if duplicate is not None:
                 return
-            invoice = session.get(InvoiceRecord, payment.invoice_number)
-            if invoice is None or invoice.deal_id != payment.deal_id:
-                raise _ledger_conflict(f"invoice {payment.invoice_number} is not this deal's")
-            if invoice.currency != payment.currency:
+            applied = sum((a.amount for a in payment.allocations), ZERO)
+            if applied + payment.to_credit != payment.amount or payment.to_credit < 0:
                 raise _ledger_conflict(
-                    f"payment in {payment.currency}, invoice in {invoice.currency}"
+                    f"payment {payment.reference}: {applied} to invoices and {payment.to_credit} "
+                    f"to credit do not make {payment.amount}"
                 )
-            if invoice.status != "open":  # e.g. written off: AR was already closed out
-                raise _ledger_conflict(
-                    f"payment {payment.reference}: {invoice.number} is {invoice.status}"
-                )
-            paid = invoice.amount_paid + payment.amount
-            if paid > invoice.amount:
-                raise _ledger_conflict(
-                    f"payment {payment.reference} would overpay {invoice.number} ({paid} > {invoice.amount})"
-                )
-            invoice.amount_paid = paid
-            if paid == invoice.amount:
-                invoice.status = "paid"
-            session.add(invoice)
-            session.add(
-                PaymentRecordRow(
-                    deal_id=payment.deal_id,
-                    reference=payment.reference,
-                    invoice_number=payment.invoice_number,
-                    amount=payment.amount,
-                    currency=payment.currency,
-                    recorded_by=payment.recorded_by,
-                    received_at=payment.received_at,
-                )
-            )
+            for allocation in payment.allocations:
+                _allocate(session, payment.deal_id, f"payment:{payment.reference}",
+                          allocation.invoice_number, allocation.amount, payment.currency)  # fmt: skip
+            session.add(PaymentRecordRow(**payment.model_dump(exclude={"allocations"})))
+            where = ", ".join(a.invoice_number for a in payment.allocations) or "customer credit"
             post_entry(
                 session,
                 entry_key=f"{payment.deal_id}:payment:{payment.reference}",
                 deal_id=payment.deal_id,
                 currency=payment.currency,
-                memo=f"Payment {payment.reference} applied to {payment.invoice_number}",
+                memo=f"Payment {payment.reference} applied to {where}",
                 posted_at=payment.received_at,
-                lines=[(CASH, payment.amount, ZERO), (ACCOUNTS_RECEIVABLE, ZERO, payment.amount)],
+                lines=_nonzero(
+                    [
+                        (CASH, payment.amount, ZERO),
+                        (ACCOUNTS_RECEIVABLE, ZERO, applied),
+                        (CUSTOMER_CREDIT, ZERO, payment.to_credit),
+                    ]
+                ),
+            )
+            session.commit()
+
+    @activity.defn
+    def apply_credit(self, credit: CreditApplication) -> None:
+        """Customer credit applied to an invoice once per key: Dr customer credit, Cr receivables."""
+        source = f"credit:{credit.key}"
+        with Session(self._engine) as session:
+            done = session.get(PaymentAllocation, (credit.deal_id, source, credit.invoice_number))
+            if done is not None:
+                return
+            held = _customer_credit(session, credit.deal_id)
+            if credit.amount > held:
+                raise _ledger_conflict(
+                    f"{credit.amount} of credit applied to {credit.invoice_number}, {held} held"
+                )
+            _allocate(session, credit.deal_id, source, credit.invoice_number, credit.amount,
+                      credit.currency)  # fmt: skip
+            post_entry(
+                session,
+                entry_key=f"{credit.deal_id}:{source}:{credit.invoice_number}",
+                deal_id=credit.deal_id,
+                currency=credit.currency,
+                memo=f"Customer credit applied to {credit.invoice_number}",
+                posted_at=credit.applied_at,
+                lines=[
+                    (CUSTOMER_CREDIT, credit.amount, ZERO),
+                    (ACCOUNTS_RECEIVABLE, ZERO, credit.amount),
+                ],
+            )
+            session.commit()
+
+    @activity.defn
+    def issue_credit_note(self, request: CreditNoteRequest) -> CreditNoteIssued:
+        """A credit note reduces an issued invoice, which is never edited: first its open balance
+        (Cr receivables); what the invoice had already been paid becomes customer credit. Either
+        way it is a sales credit (contra revenue). A fully credited unpaid invoice is void."""
+        with Session(self._engine) as session:
+            existing = session.exec(
+                select(CreditNoteRecord).where(
+                    CreditNoteRecord.deal_id == request.deal_id,
+                    CreditNoteRecord.reference == request.reference,
+                )
+            ).first()
+            if existing is not None:
+                return CreditNoteIssued(number=existing.number, amount=existing.amount)
+            invoice = _open_or_paid_invoice(session, request.deal_id, request.invoice_number,
+                                            request.currency)  # fmt: skip
+            off_balance = request.amount - request.to_credit
+            balance = invoice.amount - invoice.amount_credited - invoice.amount_paid
+            if not (ZERO <= request.to_credit <= invoice.amount_paid) or off_balance > balance:
+                raise _ledger_conflict(
+                    f"credit note {request.reference}: {request.amount} with {request.to_credit} "
+                    f"to credit does not fit {invoice.number} (balance {balance})"
+                )
+            number = f"{CREDIT_NOTE_SERIES}-{take_next_number(session, CREDIT_NOTE_SERIES):06d}"
+            invoice.amount_credited += request.amount
+            if request.to_credit > 0:
+                # The payment stays; the part the invoice no longer needs moves to credit.
+                invoice.amount_paid -= request.to_credit
+                session.add(PaymentAllocation(deal_id=request.deal_id,
+                                              source=f"credit-note:{number}",
+                                              invoice_number=invoice.number,
+                                              amount=-request.to_credit))  # fmt: skip
+            _settle_status(invoice)
+            session.add(invoice)
+            session.add(CreditNoteRecord(number=number, **request.model_dump()))
+            post_entry(
+                session,
+                entry_key=f"{request.deal_id}:credit-note:{request.reference}",
+                deal_id=request.deal_id,
+                currency=request.currency,
+                memo=f"Credit note {number} on {invoice.number}: {request.reason}"[:400],
+                posted_at=request.issued_at,
+                lines=_nonzero(
+                    [
+                        (SALES_CREDITS, request.amount, ZERO),
+                        (ACCOUNTS_RECEIVABLE, ZERO, off_balance),
+                        (CUSTOMER_CREDIT, ZERO, request.to_credit),
+                    ]
+                ),
+            )
+            session.commit()
+            return CreditNoteIssued(number=number, amount=request.amount)
+
+    @activity.defn
+    def refund_credit(self, refund: RefundRequest) -> None:
+        """Customer credit paid back once per reference: Dr customer credit, Cr cash."""
+        with Session(self._engine) as session:
+            done = session.exec(
+                select(RefundRecord).where(
+                    RefundRecord.deal_id == refund.deal_id,
+                    RefundRecord.reference == refund.reference,
+                )
+            ).first()
+            if done is not None:
+                return
+            held = _customer_credit(session, refund.deal_id)
+            if refund.amount > held:
+                raise _ledger_conflict(f"refund {refund.reference} of {refund.amount}, {held} held")
+            session.add(RefundRecord(**refund.model_dump()))
+            post_entry(
+                session,
+                entry_key=f"{refund.deal_id}:refund:{refund.reference}",
+                deal_id=refund.deal_id,
+                currency=refund.currency,
+                memo=f"Refund {refund.reference} of customer credit",
+                posted_at=refund.refunded_at,
+                lines=[(CUSTOMER_CREDIT, refund.amount, ZERO), (CASH, ZERO, refund.amount)],
             )
             session.commit()
 
@@ -277,7 +430,9 @@ class BillingActivities:
                     ),
                 )
             unpaid_invoices = [i for i in invoices if i.status == "open"]
-            unpaid = sum((i.amount - i.amount_paid for i in unpaid_invoices), ZERO)
+            unpaid = sum(
+                (i.amount - i.amount_credited - i.amount_paid for i in unpaid_invoices), ZERO
+            )
             deferred_lines = session.exec(
                 select(JournalLine)
                 .join(JournalEntry, JournalEntry.id == JournalLine.entry_id)  # type: ignore[arg-type]

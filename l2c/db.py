@@ -10,6 +10,7 @@ import models.ledger as ledger_tables  # noqa: F401  (registers the tables on SQ
 from models.ledger import NumberSeries
 
 INVOICE_SERIES = "INV"
+CREDIT_NOTE_SERIES = "CN"
 
 
 def make_engine(url: str) -> Engine:
@@ -63,9 +64,10 @@ def init_ledger(engine: Engine) -> None:
                 "L2C_DATABASE_URL at a new database, or move the old file aside"
             )
     with Session(engine) as session:
-        if session.get(NumberSeries, INVOICE_SERIES) is None:
-            session.add(NumberSeries(name=INVOICE_SERIES, next_value=1))
-            session.commit()
+        for series in (INVOICE_SERIES, CREDIT_NOTE_SERIES):
+            if session.get(NumberSeries, series) is None:
+                session.add(NumberSeries(name=series, next_value=1))
+        session.commit()
 
 
 def take_next_number(session: Session, series: str) -> int:

@@ -10,19 +10,23 @@ from models.money import ZERO
 
 CASH = "1000"
 ACCOUNTS_RECEIVABLE = "1100"
+CUSTOMER_CREDIT = "2300"
 DEFERRED_REVENUE = "2400"
 REVENUE_SUBSCRIPTION = "4000"
 REVENUE_SERVICES = "4010"
 REVENUE_USAGE = "4020"
+SALES_CREDITS = "4900"
 BAD_DEBT_EXPENSE = "6100"
 
 ACCOUNT_NAMES = {
     CASH: "Cash",
     ACCOUNTS_RECEIVABLE: "Accounts receivable",
+    CUSTOMER_CREDIT: "Customer credit",
     DEFERRED_REVENUE: "Deferred revenue",
     REVENUE_SUBSCRIPTION: "Subscription revenue",
     REVENUE_SERVICES: "Services revenue",
     REVENUE_USAGE: "Usage revenue",
+    SALES_CREDITS: "Sales credits (contra revenue)",
     BAD_DEBT_EXPENSE: "Bad debt expense",
 }
 

@@ -12,11 +12,13 @@ from sqlmodel import Session, select
 
 from l2c.db import INVOICE_SERIES
 from models.ledger import (
+    CreditNoteRecord,
     InvoiceLineRecord,
     InvoiceRecord,
     JournalEntry,
     JournalLine,
     NumberSeries,
+    PaymentAllocation,
     PaymentRecordRow,
 )
 from models.money import ZERO
@@ -30,6 +32,8 @@ def check_ledger(engine: Engine) -> list[str]:
     with Session(engine) as session:
         invoices = session.exec(select(InvoiceRecord)).all()
         payments = session.exec(select(PaymentRecordRow)).all()
+        allocations = session.exec(select(PaymentAllocation)).all()
+        credit_notes = session.exec(select(CreditNoteRecord)).all()
         entries = session.exec(select(JournalEntry)).all()
         lines = session.exec(select(JournalLine)).all()
         invoice_lines = session.exec(select(InvoiceLineRecord)).all()
@@ -82,18 +86,38 @@ def check_ledger(engine: Engine) -> list[str]:
         if n > 1
     ]
     paid: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    for payment in payments:
-        paid[payment.invoice_number] += payment.amount
+    for allocation in allocations:
+        paid[allocation.invoice_number] += allocation.amount
+    credited: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for note in credit_notes:
+        credited[note.invoice_number] += note.amount
     for invoice in invoices:
         if paid[invoice.number] != invoice.amount_paid:
             problems.append(
                 f"{invoice.number}: payments add to {paid[invoice.number]}, invoice shows {invoice.amount_paid} paid"
             )
-        if invoice.amount_paid > invoice.amount:
-            problems.append(f"{invoice.number}: paid {invoice.amount_paid} of {invoice.amount}")
-        if invoice.status == "paid" and invoice.amount_paid != invoice.amount:
+        if credited[invoice.number] != invoice.amount_credited:
             problems.append(
-                f"{invoice.number}: marked paid with {invoice.amount_paid} of {invoice.amount}"
+                f"{invoice.number}: credit notes add to {credited[invoice.number]}, invoice shows {invoice.amount_credited}"
+            )
+        settled = invoice.amount_paid + invoice.amount_credited
+        if settled > invoice.amount or invoice.amount_paid < 0:
+            problems.append(
+                f"{invoice.number}: paid {invoice.amount_paid} and credited "
+                f"{invoice.amount_credited} of {invoice.amount}"
+            )
+        if invoice.status in ("paid", "void") and settled != invoice.amount:
+            problems.append(
+                f"{invoice.number}: marked {invoice.status} with {settled} of {invoice.amount} settled"
+            )
+    for payment in payments:
+        applied = sum(
+            (a.amount for a in allocations if a.source == f"payment:{payment.reference}"
+             and a.deal_id == payment.deal_id), ZERO)  # fmt: skip
+        if applied + payment.to_credit != payment.amount:
+            problems.append(
+                f"payment {payment.reference}: {applied} applied and {payment.to_credit} "
+                f"to credit of {payment.amount}"
             )
 
     # Journal: every entry has lines and balances.

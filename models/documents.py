@@ -6,10 +6,11 @@ asked and what came back.
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
+from models.cash import Allocation
 from models.deal import LeadInput
 from models.signals import BillingPeriod, SubmitQuote
 
@@ -166,13 +167,63 @@ class IssuedInvoice(BaseModel):
 
 
 class PaymentRecord(BaseModel):
+    """Money received and where it goes: invoices (as `allocations`) and customer credit."""
+
     deal_id: str
-    invoice_number: str
-    amount: Decimal
+    invoice_number: str | None  # the invoice the payer named, if any
+    amount: Decimal  # everything received
+    allocations: list[Allocation]
+    to_credit: Decimal = Decimal("0.00")
     currency: str
     reference: str
     recorded_by: str
     received_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_invoice(cls, data: Any) -> Any:
+        # A payment scheduled before allocations existed paid its one invoice in full.
+        if isinstance(data, dict) and "allocations" not in data and data.get("invoice_number"):
+            data = {**data, "allocations": [
+                {"invoice_number": data["invoice_number"], "amount": data["amount"]}]}  # fmt: skip
+        return data
+
+
+class CreditApplication(BaseModel):
+    """Customer credit applied to an invoice."""
+
+    deal_id: str
+    key: str  # which application of credit this is within the deal: counted once
+    invoice_number: str
+    amount: Decimal
+    currency: str
+    applied_at: datetime
+
+
+class CreditNoteRequest(BaseModel):
+    deal_id: str
+    invoice_number: str
+    amount: Decimal
+    to_credit: Decimal  # the part of `amount` the invoice had already been paid
+    currency: str
+    reference: str
+    reason: str
+    issued_by: str
+    issued_at: datetime
+
+
+class CreditNoteIssued(BaseModel):
+    number: str
+    amount: Decimal
+
+
+class RefundRequest(BaseModel):
+    deal_id: str
+    amount: Decimal
+    currency: str
+    reference: str
+    recorded_by: str
+    refunded_at: datetime
 
 
 class DunningNotice(BaseModel):

@@ -163,8 +163,9 @@ class InvoiceRecord(SQLModel, table=True):
     period_index: int | None = None  # the billing period it bills in advance; None: usage only
     currency: str = Field(max_length=3)
     amount: Decimal = money()
-    amount_paid: Decimal = money(default=Decimal("0.00"))
-    status: str = Field(default="open", max_length=20)  # open, paid, uncollectible
+    amount_paid: Decimal = money(default=Decimal("0.00"))  # payments and customer credit applied
+    amount_credited: Decimal = money(default=Decimal("0.00"))  # credit notes
+    status: str = Field(default="open", max_length=20)  # open, paid, void, uncollectible
     issued_on: date
     due_date: date
     service_from: date
@@ -184,16 +185,61 @@ class InvoiceLineRecord(SQLModel, table=True):
 
 
 class PaymentRecordRow(SQLModel, table=True):
+    """Money received, once per reference; where it went is in `payment_allocations`."""
+
     __tablename__ = "payments"
     __table_args__ = (UniqueConstraint("deal_id", "reference"),)
     id: int | None = Field(default=None, primary_key=True)
     deal_id: str = Field(index=True, max_length=80)
     reference: str = Field(max_length=100)
-    invoice_number: str = Field(foreign_key="invoices.number", max_length=40)
+    # The invoice the payer named, if any.
+    invoice_number: str | None = Field(default=None, foreign_key="invoices.number", max_length=40)
     amount: Decimal = money()
+    to_credit: Decimal = money(default=Decimal("0.00"))  # what no open invoice needed
     currency: str = Field(max_length=3)
     recorded_by: str = Field(max_length=100)
     received_at: datetime = utc_timestamp(nullable=False)
+
+
+class PaymentAllocation(SQLModel, table=True):
+    """Part of a payment, or of the customer's credit, applied to one invoice."""
+
+    __tablename__ = "payment_allocations"
+    deal_id: str = Field(primary_key=True, max_length=80)
+    source: str = Field(primary_key=True, max_length=120)  # payment:<reference> | credit:<invoice>
+    invoice_number: str = Field(foreign_key="invoices.number", primary_key=True, max_length=40)
+    amount: Decimal = money()
+
+
+class CreditNoteRecord(SQLModel, table=True):
+    """Reduces an issued invoice (never edited): its open balance, or, once paid, as credit."""
+
+    __tablename__ = "credit_notes"
+    __table_args__ = (UniqueConstraint("deal_id", "reference"),)
+    number: str = Field(primary_key=True, max_length=40)
+    deal_id: str = Field(index=True, max_length=80)
+    reference: str = Field(max_length=100)  # the sender's: the same reference twice counts once
+    invoice_number: str = Field(foreign_key="invoices.number", max_length=40)
+    amount: Decimal = money()
+    to_credit: Decimal = money(default=Decimal("0.00"))  # the part the invoice had been paid
+    currency: str = Field(max_length=3)
+    reason: str = Field(max_length=2000)
+    issued_by: str = Field(max_length=100)
+    issued_at: datetime = utc_timestamp(nullable=False)
+
+
+class RefundRecord(SQLModel, table=True):
+    """Customer credit paid back to the customer."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (UniqueConstraint("deal_id", "reference"),)
+    id: int | None = Field(default=None, primary_key=True)
+    deal_id: str = Field(index=True, max_length=80)
+    reference: str = Field(max_length=100)
+    amount: Decimal = money()
+    currency: str = Field(max_length=3)
+    recorded_by: str = Field(max_length=100)
+    refunded_at: datetime = utc_timestamp(nullable=False)
 
 
 class JournalEntry(SQLModel, table=True):

@@ -75,13 +75,34 @@ class DeclineContract(_Payload):
     by: Name = "customer"
 
 
+InvoiceNumber = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)
+]
+
+
 class RecordPayment(_Payload):
-    invoice_number: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)
-    ]
+    # The invoice the payment is for; what it does not need goes to the other open invoices,
+    # oldest first, then to customer credit. Without one, the oldest open invoices come first.
+    invoice_number: InvoiceNumber | None = None
     amount: Amount = Field(gt=0)
     reference: Name
-    currency: CurrencyCode | None = None  # when given, it must be the invoice's currency
+    currency: CurrencyCode | None = None  # when given, it must be the deal's currency
+    recorded_by: Name = "ops"
+
+
+class IssueCreditNote(_Payload):
+    invoice_number: InvoiceNumber
+    amount: Amount = Field(gt=0)
+    reason: Reason
+    reference: Name  # the same reference twice counts once
+    currency: CurrencyCode | None = None
+    issued_by: Name
+
+
+class RefundCredit(_Payload):
+    amount: Amount = Field(gt=0)
+    reference: Name
+    currency: CurrencyCode | None = None
     recorded_by: Name = "ops"
 
 

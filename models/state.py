@@ -10,7 +10,7 @@ from models.deal import DealPolicy, LeadInput, Stage
 from models.documents import Quote
 from models.signals import CardOnFile
 
-InvoiceStatus = Literal["open", "paid", "uncollectible"]
+InvoiceStatus = Literal["open", "paid", "void", "uncollectible"]
 
 
 class DealEvent(BaseModel):
@@ -47,12 +47,13 @@ class InvoiceView(BaseModel):
     issued_on: date
     due_date: date
     status: InvoiceStatus = "open"
-    amount_paid: Decimal = Decimal("0.00")
+    amount_paid: Decimal = Decimal("0.00")  # payments and customer credit applied
+    amount_credited: Decimal = Decimal("0.00")  # credit notes
     reminders_sent: int = 0
 
     @property
     def balance(self) -> Decimal:
-        return self.amount - self.amount_paid
+        return self.amount - self.amount_credited - self.amount_paid
 
 
 class DealState(BaseModel):
@@ -72,5 +73,9 @@ class DealState(BaseModel):
     balance_due: Decimal = Decimal("0.00")
     revenue_recognized: Decimal = Decimal("0.00")
     payment_references: list[str] = Field(default_factory=list)
+    customer_credit: Decimal = Decimal("0.00")  # overpayments and credited payments, not yet used
+    credit_note_references: list[str] = Field(default_factory=list)
+    refund_references: list[str] = Field(default_factory=list)
+    credit_applications: int = 0
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)

@@ -17,6 +17,7 @@ from l2c.drill import free_port, start_time_skipping_env
 from l2c.gateway_sandbox import SandboxGateway
 from l2c.mailcatcher import MailCatcher
 from l2c.runtime import build_worker
+from tests.helpers import STARTED, retire_at_rest
 
 BIN = Path(sys.executable).parent
 POSTGRES_URL = os.environ.get("L2C_TEST_POSTGRES_URL")
@@ -95,3 +96,6 @@ async def deal_worker(
     """A worker on its own task queue, with a fresh SQLite ledger and a real SMTP server."""
     async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
         yield settings
+        # Deals left open would fire timers nobody serves while later tests skip time, and the
+        # time-skipping server's clock would crawl: they end here, each once it is at rest.
+        await retire_at_rest(STARTED.pop(settings.task_queue, []))

@@ -37,9 +37,14 @@ def make_lead(**overrides: Any) -> LeadInput:
     return LeadInput.model_validate(data)
 
 
+# Deals started per task queue, so the worker fixture can retire those a test leaves open.
+STARTED: dict[str, list[Handle]] = {}
+
+
 async def start(client: Client, task_queue: str, **overrides: Any) -> Handle:
     handle, created = await start_deal(client, make_lead(**overrides), task_queue)
     assert created
+    STARTED.setdefault(task_queue, []).append(handle)
     return handle
 
 
@@ -70,7 +75,7 @@ async def retire_at_rest(handles: list[Handle], timeout: float = 30) -> None:
                 await handle.terminate("test finished")
                 break
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"{handle.id} still has activities under way")
+                break  # an activity stuck for good (the test has failed already): leave it
             await asyncio.sleep(0.05)
 
 

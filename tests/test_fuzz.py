@@ -258,3 +258,4 @@ async def test_fuzzed_workflow_input(
         assert cause.non_retryable and cause.message.startswith("invalid lead: "), cause
         assert len(cause.message) < 2_000
     await assert_no_task_failed(handle)
+    await retire_at_rest([handle])

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.payments import PaymentActivities
     from activities.quotes import QuoteActivities
     from activities.revenue import RevenueActivities
+    from models.cash import allocate, settled_status
     from models.deal import WORKFLOW_TYPE, ActivityTiming, DealPolicy, LeadInput, Stage
     from models.documents import (
         ApprovalRequirement,
@@ -31,6 +32,9 @@ with workflow.unsafe.imports_passed_through():
         ChargeRequest,
         ChargeResult,
         ContractRequest,
+        CreditApplication,
+        CreditNoteIssued,
+        CreditNoteRequest,
         DealClosing,
         DunningNotice,
         InvoiceRequest,
@@ -40,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentRecord,
         Quote,
         QuoteRequest,
+        RefundRequest,
         RevenueRecognition,
         SignatureRecord,
         UsageBilling,
@@ -50,9 +55,11 @@ with workflow.unsafe.imports_passed_through():
     from models.signals import (
         ApproveDiscount,
         DeclineContract,
+        IssueCreditNote,
         LogEngagement,
         MarkLost,
         RecordPayment,
+        RefundCredit,
         RejectDiscount,
         SignContract,
         SubmitQuote,
@@ -370,7 +377,7 @@ class DealWorkflow:
                 # The last month's usage, billed in arrears once the term is over.
                 await self.issue_invoice(quote, quote.term_months, None, activated_at, True)
         await workflow.wait_condition(
-            lambda: self._written_off or all(i.status == "paid" for i in self.deal.invoices)
+            lambda: self._written_off or all(i.status != "open" for i in self.deal.invoices)
         )
         await asyncio.gather(*self._collections)
         return Stage.WRITTEN_OFF if self._written_off else Stage.WON
@@ -459,6 +466,9 @@ class DealWorkflow:
         )
         if invoice.status == "open":
             self._write_off_moments[invoice.number] = self.policy.write_off_at(due_at)
+            # Credit the customer holds pays the new invoice first (all of it, perhaps).
+            await self._apply_held_credit()
+        if invoice.status == "open":
             self._collections.append(asyncio.create_task(self.collect(invoice, due_at)))
             if self.deal.card_on_file is not None:
                 self._collections.append(asyncio.create_task(self.charge_card(invoice, due_at)))
@@ -531,7 +541,7 @@ class DealWorkflow:
                 if result.status == "succeeded" and result.payment_intent_id is not None:
                     if result.payment_intent_id not in self.deal.payment_references:
                         await self._apply_payment(
-                            invoice, result.amount, result.payment_intent_id, "gateway"
+                            result.amount, result.payment_intent_id, "gateway", invoice
                         )
                     return
             except ActivityError as failed:
@@ -729,66 +739,212 @@ class DealWorkflow:
 
     @workflow.signal(
         description="Record a payment received by hand; the same reference counts once. "
-        '{"invoice_number": "INV-000001", "amount": "1250.00", "reference": "BANK-123"}'
+        '{"invoice_number": "INV-000001", "amount": "1250.00", "reference": "BANK-123"}. '
+        "What the named invoice does not need pays the other open invoices, oldest first, then "
+        "is held as customer credit; without invoice_number the oldest open invoice comes first"
     )
     async def record_payment(self, payload: RawValue = NO_PAYLOAD) -> None:
         payment = self._accept("record_payment", payload, RecordPayment, (Stage.ACTIVE,))
         if payment is None:
             return
-        invoice = next((i for i in self.deal.invoices if i.number == payment.invoice_number), None)
+        named = None
         reason = None
+        if payment.invoice_number is not None:
+            named = self._invoice(payment.invoice_number)
         if self._written_off:
             reason = "collection has ended: the deal's unpaid invoices are written off"
         elif payment.reference in self.deal.payment_references:
             reason = f"reference {payment.reference} was already applied; counted once"
-        elif invoice is None:
-            known = ", ".join(i.number for i in self.deal.invoices) or "none yet"
-            reason = f"unknown invoice {payment.invoice_number} (this deal's invoices: {known})"
-        elif payment.currency is not None and payment.currency != invoice.currency:
-            reason = f"payment in {payment.currency} but {invoice.number} is in {invoice.currency}"
-        elif invoice.status != "open":
-            reason = f"{invoice.number} is {invoice.status}"
-        elif invoice.number in self._charging:
-            reason = f"the card on file is being charged for {invoice.number}; send again after it"
-        elif payment.amount > invoice.balance:
-            reason = (
-                f"{payment.amount} exceeds the balance due of {invoice.number} ({invoice.balance}); "
-                "overpayments are not accepted yet"
-            )
-        if reason is not None or invoice is None:
-            self._refuse("record_payment", payment.recorded_by, reason or "refused")
+        elif (wrong_currency := self._wrong_currency(payment.currency)) is not None:
+            reason = wrong_currency
+        elif payment.invoice_number is not None and named is None:
+            reason = self._unknown_invoice(payment.invoice_number)
+        elif named is not None and named.status not in ("open", "paid"):
+            reason = f"{named.number} is {named.status}"
+        elif named is not None and named.number in self._charging:
+            reason = f"the card on file is being charged for {named.number}; send again after it"
+        if reason is not None:
+            self._refuse("record_payment", payment.recorded_by, reason)
             return
-        await self._apply_payment(invoice, payment.amount, payment.reference, payment.recorded_by)
+        await self._apply_payment(payment.amount, payment.reference, payment.recorded_by, named)
 
     async def _apply_payment(
-        self, invoice: InvoiceView, amount: Decimal, reference: str, by: str
+        self, amount: Decimal, reference: str, by: str, named: InvoiceView | None
     ) -> None:
-        # The deal's view changes at once so dunning stops; the ledger posting follows durably.
-        invoice.amount_paid += amount
-        if invoice.balance <= 0:
-            invoice.status = "paid"
+        """Cash to the named invoice, then the other open invoices oldest first (not those whose
+        card is being charged), the rest to customer credit: money received is never turned away
+        because its invoice was paid meanwhile (a transfer and a card charge, say). The deal's view changes at once so
+        dunning stops; the ledger posting follows durably."""
+        candidates = [
+            (i.number, i.balance)
+            for i in self.deal.invoices
+            if i.status == "open" and (i is named or i.number not in self._charging)
+        ]
+        allocations, to_credit = allocate(amount, candidates, named.number if named else None)
+        for allocation in allocations:
+            self._settle(self._invoice_of(allocation.invoice_number), paid=allocation.amount)
+        self.deal.customer_credit += to_credit
         self.deal.payment_references.append(reference)
         self._refresh_balance()
+        applied = [f"{a.amount} on {a.invoice_number}" for a in allocations]
+        if to_credit > 0:
+            applied.append(f"{to_credit} held as customer credit")
         self._record(
             "payment_recorded",
             by,
-            f"{amount} {invoice.currency} on {invoice.number} ref {reference}",
+            f"{amount} {self.deal.lead.currency} ref {reference}: {', '.join(applied)}",
         )
-        self._postings_running += 1
-        try:
-            await self._call(
-                BillingActivities.apply_payment,
-                PaymentRecord(
+        await self._post(
+            BillingActivities.apply_payment,
+            PaymentRecord(
+                deal_id=self.deal_id,
+                invoice_number=named.number if named else None,
+                amount=amount,
+                allocations=allocations,
+                to_credit=to_credit,
+                currency=self.deal.lead.currency,
+                reference=reference,
+                recorded_by=by,
+                received_at=workflow.now(),
+            ),
+            f"apply payment {reference}",
+        )
+
+    async def _apply_held_credit(self) -> None:
+        """Customer credit pays open invoices, oldest first, as soon as there is both."""
+        for invoice in self.deal.invoices:
+            credit = self.deal.customer_credit
+            if credit <= 0:
+                return
+            if invoice.status != "open" or invoice.number in self._charging:
+                continue
+            amount = min(credit, invoice.balance)
+            self.deal.customer_credit -= amount
+            self._settle(invoice, paid=amount)
+            self.deal.credit_applications += 1
+            key = f"{self.deal.credit_applications}"
+            self._refresh_balance()
+            self._record(
+                "credit_applied", "billing", f"{amount} {invoice.currency} on {invoice.number}"
+            )
+            await self._post(
+                BillingActivities.apply_credit,
+                CreditApplication(
                     deal_id=self.deal_id,
+                    key=key,
                     invoice_number=invoice.number,
                     amount=amount,
                     currency=invoice.currency,
-                    reference=reference,
-                    recorded_by=by,
-                    received_at=workflow.now(),
+                    applied_at=workflow.now(),
                 ),
-                f"apply payment {reference}",
+                f"apply customer credit to {invoice.number}",
             )
+
+    @workflow.signal(
+        description="Credit an issued invoice (never edited): its open balance first, the rest of "
+        "what was paid becomes customer credit; all of an unpaid invoice voids it. "
+        '{"invoice_number": "INV-000001", "amount": "100.00", "reason": "outage credit", '
+        '"reference": "CN-REQ-7", "issued_by": "fay.finance"}'
+    )
+    async def issue_credit_note(self, payload: RawValue = NO_PAYLOAD) -> None:
+        note = self._accept("issue_credit_note", payload, IssueCreditNote, (Stage.ACTIVE,))
+        if note is None:
+            return
+        invoice = self._invoice(note.invoice_number)
+        reason = None
+        if self._written_off:
+            reason = "collection has ended: the deal's unpaid invoices are written off"
+        elif note.reference in self.deal.credit_note_references:
+            reason = f"reference {note.reference} was already used; counted once"
+        elif (wrong_currency := self._wrong_currency(note.currency)) is not None:
+            reason = wrong_currency
+        elif invoice is None:
+            reason = self._unknown_invoice(note.invoice_number)
+        elif invoice.status not in ("open", "paid"):
+            reason = f"{invoice.number} is {invoice.status}"
+        elif invoice.number in self._charging:
+            reason = f"the card on file is being charged for {invoice.number}; send again after it"
+        elif note.amount > invoice.amount - invoice.amount_credited:
+            reason = (
+                f"{note.amount} exceeds what {invoice.number} can still be credited "
+                f"({invoice.amount - invoice.amount_credited})"
+            )
+        if reason is not None or invoice is None:
+            self._refuse("issue_credit_note", note.issued_by, reason or "refused")
+            return
+        to_credit = max(ZERO, note.amount - invoice.balance)
+        self._settle(invoice, credited=note.amount, paid=-to_credit)
+        self.deal.customer_credit += to_credit
+        self.deal.credit_note_references.append(note.reference)
+        self._refresh_balance()
+        moved = f", {to_credit} of it to customer credit" if to_credit > 0 else ""
+        self._record(
+            "credit_note",
+            note.issued_by,
+            f"{note.amount} {invoice.currency} on {invoice.number}{moved} "
+            f"({invoice.status}): {note.reason}",
+        )
+        issued: CreditNoteIssued = await self._post(
+            BillingActivities.issue_credit_note,
+            CreditNoteRequest(
+                deal_id=self.deal_id,
+                invoice_number=invoice.number,
+                amount=note.amount,
+                to_credit=to_credit,
+                currency=invoice.currency,
+                reference=note.reference,
+                reason=note.reason,
+                issued_by=note.issued_by,
+                issued_at=workflow.now(),
+            ),
+            f"issue credit note {note.reference}",
+        )
+        self._record("credit_note_issued", "billing", f"{issued.number} on {invoice.number}")
+        await self._apply_held_credit()
+
+    @workflow.signal(
+        description="Pay customer credit back to the customer. "
+        '{"amount": "50.00", "reference": "REFUND-1", "recorded_by": "fay.finance"}'
+    )
+    async def refund_credit(self, payload: RawValue = NO_PAYLOAD) -> None:
+        refund = self._accept("refund_credit", payload, RefundCredit, (Stage.ACTIVE,))
+        if refund is None:
+            return
+        reason = None
+        if refund.reference in self.deal.refund_references:
+            reason = f"reference {refund.reference} was already used; counted once"
+        elif (wrong_currency := self._wrong_currency(refund.currency)) is not None:
+            reason = wrong_currency
+        elif refund.amount > self.deal.customer_credit:
+            reason = (
+                f"{refund.amount} exceeds the customer credit held ({self.deal.customer_credit})"
+            )
+        if reason is not None:
+            self._refuse("refund_credit", refund.recorded_by, reason)
+            return
+        self.deal.customer_credit -= refund.amount
+        self.deal.refund_references.append(refund.reference)
+        self._record(
+            "credit_refunded", refund.recorded_by, f"{refund.amount} ref {refund.reference}"
+        )
+        await self._post(
+            BillingActivities.refund_credit,
+            RefundRequest(
+                deal_id=self.deal_id,
+                amount=refund.amount,
+                currency=self.deal.lead.currency,
+                reference=refund.reference,
+                recorded_by=refund.recorded_by,
+                refunded_at=workflow.now(),
+            ),
+            f"refund credit {refund.reference}",
+        )
+
+    async def _post(self, activity: Callable[..., Any], arg: Any, summary: str) -> Any:
+        """A ledger posting for money that moved: a write-off waits until none is under way."""
+        self._postings_running += 1
+        try:
+            return await self._call(activity, arg, summary)
         finally:
             self._postings_running -= 1
 
@@ -943,6 +1099,31 @@ class DealWorkflow:
             self.deal.stage = stage
             workflow.upsert_search_attributes([DEAL_STAGE.value_set(stage.value)])
         self._refresh_details()
+
+    def _invoice(self, number: str) -> InvoiceView | None:
+        return next((i for i in self.deal.invoices if i.number == number), None)
+
+    def _invoice_of(self, number: str) -> InvoiceView:
+        invoice = self._invoice(number)
+        assert invoice is not None
+        return invoice
+
+    def _unknown_invoice(self, number: str) -> str:
+        known = ", ".join(i.number for i in self.deal.invoices) or "none yet"
+        return f"unknown invoice {number} (this deal's invoices: {known})"
+
+    def _wrong_currency(self, currency: str | None) -> str | None:
+        deal_currency = self.deal.lead.currency
+        if currency is None or currency == deal_currency:
+            return None
+        return f"sent in {currency}, but this deal bills in {deal_currency}"
+
+    def _settle(self, invoice: InvoiceView, paid: Decimal = ZERO, credited: Decimal = ZERO) -> None:
+        invoice.amount_paid += paid
+        invoice.amount_credited += credited
+        invoice.status = settled_status(
+            invoice.amount, invoice.amount_credited, invoice.amount_paid
+        )
 
     def _settled(self, invoice: InvoiceView) -> Callable[[], bool]:
         """Whether collecting `invoice` is over: it is paid, or the deal is being written off."""
