@@ -46,10 +46,12 @@ class InvoiceView(BaseModel):
     currency: str
     issued_on: date
     due_date: date
+    due_at: datetime | None = None  # the exact moment: reminders and write-off count from it
     status: InvoiceStatus = "open"
     amount_paid: Decimal = Decimal("0.00")  # payments and customer credit applied
     amount_credited: Decimal = Decimal("0.00")  # credit notes
     reminders_sent: int = 0
+    card_attempts: int = 0  # card charges started (or skipped, after a hard decline)
 
     @property
     def balance(self) -> Decimal:
@@ -79,3 +81,16 @@ class DealState(BaseModel):
     credit_applications: int = 0
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
+    # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'
+    # state (their histories keep them all) so that the state stays small over a long term.
+    run: int = 1
+    earlier_events: int = 0
+
+
+class DealContinuation(BaseModel):
+    """The input of a deal's next run (continue-as-new): where the billing loop resumes."""
+
+    continued: DealState
+    next_month: int  # the month boundary (months after activation) to bill next
+    bills_usage: bool  # whether this deal bills metered usage in arrears (decided in its 1st run)
+    quote_versions: int

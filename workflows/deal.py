@@ -7,7 +7,7 @@ only validate what a person sent and hand it to the waiting stage, recording eve
 import asyncio
 import contextlib
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
@@ -64,7 +64,14 @@ with workflow.unsafe.imports_passed_through():
         SignContract,
         SubmitQuote,
     )
-    from models.state import ContractView, DealEvent, DealState, InvoiceView, PendingApproval
+    from models.state import (
+        ContractView,
+        DealContinuation,
+        DealEvent,
+        DealState,
+        InvoiceView,
+        PendingApproval,
+    )
     from models.validation import explain
 
 P = TypeVar("P", bound=BaseModel)
@@ -102,6 +109,9 @@ CHARGE_GIVE_UP = timedelta(hours=6)
 # Version marker (workflow.patched): metered usage is billed in arrears at each month boundary.
 USAGE_IN_ARREARS = "usage-billed-in-arrears"
 
+# The latest events a new run carries in its state; the earlier ones stay in the earlier runs.
+KEEP_EVENTS = 50
+
 BEFORE_SIGNATURE = (
     Stage.NEW,
     Stage.NURTURING,
@@ -126,19 +136,24 @@ class DealWorkflow:
     def __init__(self, lead_payload: RawValue) -> None:
         self._lead_error: str | None = None
         self._state: DealState | None = None
-        try:
-            lead = workflow.payload_converter().from_payload(lead_payload.payload, LeadInput)
-            self._state = DealState(deal_id=workflow.info().workflow_id, lead=lead)
-        except (ValidationError, ValueError, TypeError) as err:
-            detail = explain(err) if isinstance(err, ValidationError) else str(err)
-            self._lead_error = f"invalid lead: {detail}"
+        # A later run of a long deal (continue-as-new) starts from its carried state.
+        self._resume = _continuation(lead_payload)
+        if self._resume is not None:
+            self._state = self._resume.continued
+        else:
+            try:
+                lead = workflow.payload_converter().from_payload(lead_payload.payload, LeadInput)
+                self._state = DealState(deal_id=workflow.info().workflow_id, lead=lead)
+            except (ValidationError, ValueError, TypeError) as err:
+                detail = explain(err) if isinstance(err, ValidationError) else str(err)
+                self._lead_error = f"invalid lead: {detail}"
         # What people sent, waiting for the stage that consumes it.
         self._quote_submission: SubmitQuote | None = None
         self._approval: ApproveDiscount | RejectDiscount | None = None
         self._signature: SignContract | None = None
         self._decline: DeclineContract | None = None
         self._lost: MarkLost | None = None
-        self._quote_versions = 0
+        self._quote_versions = self._resume.quote_versions if self._resume else 0
         self._written_off = False
         self._billing_step_running = False
         self._month_end_due: datetime | None = None  # the month end the billing loop waits for
@@ -146,6 +161,7 @@ class DealWorkflow:
         self._write_off_moments: dict[str, datetime] = {}  # invoice number -> write-off moment
         self._charging: set[str] = set()  # invoices whose card charge is under way
         self._postings_running = 0  # payment postings under way
+        self._activities_running = 0  # any activity under way, from any coroutine
 
     # ------------------------------------------------------------------ the process
 
@@ -155,12 +171,13 @@ class DealWorkflow:
             # A workflow started with a bad lead fails at once and is never retried.
             raise ApplicationError(self._lead_error, type="InvalidLead", non_retryable=True)
         try:
-            await self.capture_lead()
-            await self.score_and_route()
-            await self.qualify_or_nurture()
-            quote = await self.agree_quote_and_contract()
-            await self.fulfil_order(quote)
-            outcome = await self.invoice_collect_and_recognize(quote)
+            if self._resume is None:  # a later run of the deal resumes its billing loop below
+                await self.capture_lead()
+                await self.score_and_route()
+                await self.qualify_or_nurture()
+                quote = await self.agree_quote_and_contract()
+                await self.fulfil_order(quote)
+            outcome = await self.invoice_collect_and_recognize(self._signed_quote())
             await self.close(
                 outcome,
                 "term completed and fully paid"
@@ -338,13 +355,23 @@ class DealWorkflow:
         activated_at = self.deal.activated_at
         assert activated_at is not None
         periods = {period.start_month: period for period in quote.billing_plan}
-        # Deals that started before usage was billed in arrears replay as they ran.
-        bills_usage = any(line.kind == "usage" for line in quote.lines) and workflow.patched(
-            USAGE_IN_ARREARS
-        )
-        for month in range(quote.term_months):
+        if self._resume is None:
+            first_month = 0
+            # Deals that started before usage was billed in arrears replay as they ran.
+            bills_usage = any(line.kind == "usage" for line in quote.lines) and workflow.patched(
+                USAGE_IN_ARREARS
+            )
+        else:
+            first_month, bills_usage = self._resume.next_month, self._resume.bills_usage
+            for invoice in self.deal.invoices:  # collection carries on where the last run was
+                if invoice.status == "open":
+                    self._collect_in_background(invoice, _due_at(invoice))
+        for month in range(first_month, quote.term_months):
             if await self._billing_stopped():
                 break
+            if month > first_month and self._time_for_a_new_run(month - first_month):
+                await self._continue_as_new(month, bills_usage)
+                break  # only reached when a write-off began meanwhile
             period = periods.get(month)
             if period is not None or (bills_usage and month > 0):
                 await self.issue_invoice(quote, month, period, activated_at, bills_usage)
@@ -381,6 +408,43 @@ class DealWorkflow:
         )
         await asyncio.gather(*self._collections)
         return Stage.WRITTEN_OFF if self._written_off else Stage.WON
+
+    def _signed_quote(self) -> Quote:
+        quote = self.deal.quote
+        assert quote is not None and self.deal.contract is not None
+        return quote
+
+    def _time_for_a_new_run(self, months_in_this_run: int) -> bool:
+        """Keep each run's history small: a new run every so many months, or when Temporal
+        suggests one (the history is getting long or large)."""
+        return (
+            months_in_this_run >= self.policy.continue_as_new_every_months
+            or workflow.info().is_continue_as_new_suggested()
+        )
+
+    async def _continue_as_new(self, next_month: int, bills_usage: bool) -> None:
+        """Carry the deal into a new run at a month boundary, once nothing is under way: no
+        activity (a card charge, a reminder, a posting) and no signal handler. Invoices still open
+        are collected by the new run from the reminder and card attempt they reached. Returns only
+        if a write-off began meanwhile, which this run finishes."""
+        await workflow.wait_condition(
+            lambda: self._activities_running == 0 and workflow.all_handlers_finished()
+        )
+        if self._written_off:
+            return
+        state = self.deal.model_copy(deep=True)
+        kept = state.events[-KEEP_EVENTS:]
+        state.earlier_events += len(state.events) - len(kept)
+        state.events = kept
+        state.run += 1
+        workflow.continue_as_new(
+            DealContinuation(
+                continued=state,
+                next_month=next_month,
+                bills_usage=bills_usage,
+                quote_versions=self._quote_versions,
+            )
+        )
 
     async def _billing_stopped(self) -> bool:
         """Whether a write-off ended billing. An invoice may have reached its write-off moment
@@ -455,6 +519,7 @@ class DealWorkflow:
             currency=issued.currency,
             issued_on=issued.issued_on,
             due_date=issued.due_date,
+            due_at=due_at,
             status="open" if issued.amount > 0 else "paid",
         )
         self.deal.invoices.append(invoice)
@@ -469,9 +534,14 @@ class DealWorkflow:
             # Credit the customer holds pays the new invoice first (all of it, perhaps).
             await self._apply_held_credit()
         if invoice.status == "open":
-            self._collections.append(asyncio.create_task(self.collect(invoice, due_at)))
-            if self.deal.card_on_file is not None:
-                self._collections.append(asyncio.create_task(self.charge_card(invoice, due_at)))
+            self._collect_in_background(invoice, due_at)
+
+    def _collect_in_background(self, invoice: InvoiceView, due_at: datetime) -> None:
+        """Dunning and, with a card on file, card charges for an open invoice."""
+        self._write_off_moments[invoice.number] = self.policy.write_off_at(due_at)
+        self._collections.append(asyncio.create_task(self.collect(invoice, due_at)))
+        if self.deal.card_on_file is not None:
+            self._collections.append(asyncio.create_task(self.charge_card(invoice, due_at)))
 
     async def collect(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning for one invoice: reminders on durable timers after the due date, then write-off."""
@@ -479,6 +549,8 @@ class DealWorkflow:
         settled = self._settled(invoice)
         levels = policy.reminder_days_after_due
         for level, days in enumerate(levels, start=1):
+            if level <= invoice.reminders_sent:
+                continue  # sent in an earlier run of the deal
             if await self._wait_until(
                 due_at + timedelta(days=days), settled, f"{invoice.number} reminder {level}"
             ):
@@ -520,7 +592,10 @@ class DealWorkflow:
         card = self.deal.card_on_file
         assert card is not None
         settled = self._settled(invoice)
-        for attempt, days in enumerate(self.policy.card_retry_days_after_due, start=1):
+        schedule = self.policy.card_retry_days_after_due
+        for attempt, days in enumerate(schedule, start=1):
+            if attempt <= invoice.card_attempts:
+                continue  # made in an earlier run of the deal
             moment = due_at + timedelta(days=days)
             if await self._wait_until(moment, settled, f"{invoice.number} card attempt {attempt}"):
                 return
@@ -530,6 +605,7 @@ class DealWorkflow:
                                     payment_method=card.payment_method)  # fmt: skip
             # While the charge is under way, other payments of this invoice are refused and a
             # write-off waits: the card's answer is applied before anything else touches it.
+            invoice.card_attempts = attempt
             self._charging.add(invoice.number)
             try:
                 result: ChargeResult = await self._call(
@@ -550,6 +626,7 @@ class DealWorkflow:
                 # A charge that did go through arrives as the gateway's webhook.
                 reason = str(failed.cause or failed)[:300]
                 self._record("card_not_charged", "gateway", f"{invoice.number}: {reason}")
+                invoice.card_attempts = len(schedule)  # a later run makes none either
                 return
             finally:
                 self._charging.discard(invoice.number)
@@ -558,6 +635,7 @@ class DealWorkflow:
                 "card_declined", "gateway", f"{invoice.number}: {result.decline_code}{hard}"
             )
             if result.hard_decline:
+                invoice.card_attempts = len(schedule)
                 return
 
     async def write_off(self, reason: str) -> None:
@@ -1081,13 +1159,17 @@ class DealWorkflow:
         args = [] if arg is None else [arg]
         policy = self.deal.policy
         timing = policy.activities if policy is not None else POLICY_LOAD_TIMING
-        return await workflow.execute_activity_method(
-            activity,
-            args=args,
-            summary=summary,
-            schedule_to_close_timeout=give_up_after,
-            **activity_options(timing),
-        )
+        self._activities_running += 1
+        try:
+            return await workflow.execute_activity_method(
+                activity,
+                args=args,
+                summary=summary,
+                schedule_to_close_timeout=give_up_after,
+                **activity_options(timing),
+            )
+        finally:
+            self._activities_running -= 1
 
     @property
     def deal(self) -> DealState:
@@ -1189,6 +1271,21 @@ _WAITING_FOR = {
     Stage.AWAITING_SIGNATURE: "the customer's signature (`sign_contract` / `decline_contract`)",
     Stage.ACTIVE: "billing periods and payments (`record_payment`)",
 }
+
+
+def _continuation(payload: RawValue) -> DealContinuation | None:
+    """The carried state when this run continues a deal, None when it starts one."""
+    try:
+        return workflow.payload_converter().from_payload(payload.payload, DealContinuation)
+    except Exception:  # a lead (or a bad input, which the lead's validation reports)
+        return None
+
+
+def _due_at(invoice: InvoiceView) -> datetime:
+    # Invoices issued before the exact moment was kept fall due at the start of their due date.
+    if invoice.due_at is not None:
+        return invoice.due_at
+    return datetime.combine(invoice.due_date, time(0), tzinfo=UTC)
 
 
 def _points(breakdown: dict[str, int]) -> str:

@@ -1,0 +1,145 @@
+"""Long deals: the workflow continues as new at billing-period boundaries, carrying its state, so
+each run's history stays small while invoices, dunning and payments carry on across runs."""
+
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import Engine
+from temporalio.api.enums.v1 import EventType
+from temporalio.testing import WorkflowEnvironment
+
+from l2c.config import BusinessRules, Settings, load_business_rules
+from l2c.drill import drill_config
+from l2c.gateway_sandbox import SandboxGateway
+from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, DEFERRED_REVENUE
+from l2c.ledger_check import check_ledger
+from l2c.runtime import build_worker
+from models.deal import Stage
+from models.money import ZERO
+from models.search import DEAL_OWNER, DEAL_STAGE
+from models.state import DealState, InvoiceView
+from tests.helpers import (
+    Handle,
+    account_balances,
+    advance_until,
+    final_state,
+    quote_to_signature,
+    signal,
+    start,
+    wait_until,
+)
+
+
+def rules_with(folder: Path, **policy: int | list[int]) -> BusinessRules:
+    return load_business_rules(drill_config(folder / "config", **policy))
+
+
+async def pay(handle: Handle, invoice: InvoiceView) -> None:
+    await signal(handle, "record_payment", {"invoice_number": invoice.number,
+                                           "amount": str(invoice.balance),
+                                           "reference": f"BANK-{invoice.number}"})  # fmt: skip
+    await wait_until(handle, lambda s: s.invoices[invoice_index(s, invoice)].status == "paid")
+
+
+def invoice_index(state: DealState, invoice: InvoiceView) -> int:
+    return [i.number for i in state.invoices].index(invoice.number)
+
+
+def reminder_levels(state: DealState, invoice: InvoiceView) -> list[str]:
+    return [e.detail.split("level ")[1].split(",")[0] for e in state.events
+            if e.kind == "dunning_reminder" and e.detail.startswith(invoice.number)]  # fmt: skip
+
+
+async def test_a_monthly_deal_continues_as_new_and_carries_billing_and_dunning_across_runs(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    # 31-day months, a new run every 2 months; reminders 2 and 9 days after due, none at a month
+    # boundary, so no two timers are due at once.
+    rules = rules_with(tmp_path, month_seconds=31 * 24 * 3600, continue_as_new_every_months=2,
+                       reminder_days_after_due=[2, 9], write_off_days_after_due=40)  # fmt: skip
+    async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
+        handle = await start(ts_env.client, settings.task_queue)
+        state = await quote_to_signature(handle, term_months=5)
+        first = state.invoices[0]
+        # Invoice 1 is left unpaid into the second run (reminders on days 32 and 39 in run 1).
+        state = await advance_until(ts_env, handle, lambda s: s.run == 2)
+        assert state.stage == Stage.ACTIVE
+        assert [i.period_index for i in state.invoices] == [0, 1, 2]  # month 2 billed by run 2
+        assert reminder_levels(state, first) == ["1", "2"]
+        await pay(handle, first)
+        second = state.invoices[1]  # due day 61; its first reminder (day 63) comes from run 2
+        state = await advance_until(ts_env, handle, lambda s: s.invoices[1].reminders_sent == 1)
+        await pay(handle, second)
+        for n in range(2, 5):
+            state = await advance_until(ts_env, handle, lambda s, n=n: len(s.invoices) > n)
+            await pay(handle, state.invoices[n])
+        final = await final_state(handle)
+
+    assert final.stage == Stage.WON
+    assert final.run == 3  # months 0-1, 2-3, 4
+    assert [i.number for i in final.invoices] == sorted(i.number for i in final.invoices)
+    assert len(final.invoices) == 5 and final.balance_due == ZERO
+    assert reminder_levels(final, first) == ["1", "2"]  # each sent once, across the runs
+    assert reminder_levels(final, second) == ["1"]
+    assert final.revenue_recognized == Decimal("500.00") * 5
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[CASH] == Decimal("2500.00")
+    assert balances.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
+    assert balances.get(DEFERRED_REVENUE, ZERO) == ZERO
+    assert check_ledger(sqlite_ledger) == []
+
+    # Each run's history is its own, and short; the first two end by continuing as new.
+    runs = []  # the latest run first
+    run_id = (await handle.describe()).run_id
+    while run_id:
+        events = [e async for e in ts_env.client.get_workflow_handle(handle.id, run_id=run_id)
+                  .fetch_history_events()]  # fmt: skip
+        runs.append(events)
+        started = events[0].workflow_execution_started_event_attributes
+        run_id = started.continued_execution_run_id
+    assert len(runs) == 3
+    assert [r[-1].event_type for r in reversed(runs)] == [
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    ]
+    assert max(len(r) for r in runs) < 250
+    # A run carries the search attributes a console filters on (run 2 never set them itself).
+    run_2 = runs[0][0].workflow_execution_started_event_attributes.continued_execution_run_id
+    attributes = (await ts_env.client.get_workflow_handle(handle.id, run_id=run_2).describe()
+                  ).typed_search_attributes  # fmt: skip
+    assert attributes.get(DEAL_STAGE) == "active" and attributes.get(DEAL_OWNER) == "nora.na"
+
+
+async def test_card_retries_carry_on_across_runs_without_a_repeat(
+    ts_env: WorkflowEnvironment,
+    sqlite_ledger: Engine,
+    settings: Settings,
+    sandbox_gateway: SandboxGateway,
+    tmp_path: Path,
+) -> None:
+    # Invoice 2 falls due on day 61; its card attempts (days 61, 64, 68) straddle the new run that
+    # starts on day 62. Every attempt is declined for lack of funds, so each reaches the gateway.
+    rules = rules_with(tmp_path, month_seconds=31 * 24 * 3600, continue_as_new_every_months=2,
+                       reminder_days_after_due=[2, 9], write_off_days_after_due=40)  # fmt: skip
+    card = {"customer": "cus_acme", "payment_method": "pm_card_chargeDeclinedInsufficientFunds"}
+    async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
+        handle = await start(ts_env.client, settings.task_queue)
+        state = await quote_to_signature(handle, term_months=3, card_on_file=card)
+        await pay(handle, state.invoices[0])
+        state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 2)
+        second = state.invoices[1]
+        state = await advance_until(ts_env, handle, lambda s: s.invoices[1].card_attempts == 3)
+        assert state.run == 2
+        await pay(handle, state.invoices[1])
+        state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 3)
+        await pay(handle, state.invoices[2])
+        final = await final_state(handle)
+
+    assert final.stage == Stage.WON
+    declined = [e.detail for e in final.events if e.kind == "card_declined"]
+    assert declined.count(f"{second.number}: insufficient_funds") == 3
+    keys = [
+        k for k in sandbox_gateway.state.responses if k.startswith(f"l2c-charge-{second.number}-")
+    ]
+    assert sorted(keys) == [f"l2c-charge-{second.number}-series-{n}" for n in (1, 2, 3)]
