@@ -17,7 +17,7 @@ from l2c.runtime import wait_for_state as wait_until
 from models.deal import LeadInput, Stage
 from models.ledger import JournalEntry, JournalLine
 from models.money import ZERO
-from models.state import DealState
+from models.state import DealState, InvoiceView
 
 Handle = WorkflowHandle[Any, DealState]
 
@@ -105,6 +105,15 @@ async def signal(handle: Handle, name: str, payload: Any = None) -> None:
         await handle.signal(name)
     else:
         await handle.signal(name, payload)
+
+
+async def pay_in_full(handle: Handle, invoice: InvoiceView) -> None:
+    """Finance records a bank transfer of the invoice's balance; waits until it is paid."""
+    await signal(handle, "record_payment", {"invoice_number": invoice.number,
+                                           "amount": str(invoice.balance),
+                                           "reference": f"BANK-{invoice.number}"})  # fmt: skip
+    await wait_until(handle, lambda s: any(i.number == invoice.number and i.status == "paid"
+                                           for i in s.invoices))  # fmt: skip
 
 
 def refusals(state: DealState, signal_name: str) -> list[str]:

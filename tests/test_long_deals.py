@@ -19,30 +19,17 @@ from models.money import ZERO
 from models.search import DEAL_OWNER, DEAL_STAGE
 from models.state import DealState, InvoiceView
 from tests.helpers import (
-    Handle,
     account_balances,
     advance_until,
     final_state,
+    pay_in_full,
     quote_to_signature,
-    signal,
     start,
-    wait_until,
 )
 
 
 def rules_with(folder: Path, **policy: int | list[int]) -> BusinessRules:
     return load_business_rules(drill_config(folder / "config", **policy))
-
-
-async def pay(handle: Handle, invoice: InvoiceView) -> None:
-    await signal(handle, "record_payment", {"invoice_number": invoice.number,
-                                           "amount": str(invoice.balance),
-                                           "reference": f"BANK-{invoice.number}"})  # fmt: skip
-    await wait_until(handle, lambda s: s.invoices[invoice_index(s, invoice)].status == "paid")
-
-
-def invoice_index(state: DealState, invoice: InvoiceView) -> int:
-    return [i.number for i in state.invoices].index(invoice.number)
 
 
 def reminder_levels(state: DealState, invoice: InvoiceView) -> list[str]:
@@ -66,13 +53,13 @@ async def test_a_monthly_deal_continues_as_new_and_carries_billing_and_dunning_a
         assert state.stage == Stage.ACTIVE
         assert [i.period_index for i in state.invoices] == [0, 1, 2]  # month 2 billed by run 2
         assert reminder_levels(state, first) == ["1", "2"]
-        await pay(handle, first)
+        await pay_in_full(handle, first)
         second = state.invoices[1]  # due day 61; its first reminder (day 63) comes from run 2
         state = await advance_until(ts_env, handle, lambda s: s.invoices[1].reminders_sent == 1)
-        await pay(handle, second)
+        await pay_in_full(handle, second)
         for n in range(2, 5):
             state = await advance_until(ts_env, handle, lambda s, n=n: len(s.invoices) > n)
-            await pay(handle, state.invoices[n])
+            await pay_in_full(handle, state.invoices[n])
         final = await final_state(handle)
 
     assert final.stage == Stage.WON
@@ -126,14 +113,14 @@ async def test_card_retries_carry_on_across_runs_without_a_repeat(
     async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
         handle = await start(ts_env.client, settings.task_queue)
         state = await quote_to_signature(handle, term_months=3, card_on_file=card)
-        await pay(handle, state.invoices[0])
+        await pay_in_full(handle, state.invoices[0])
         state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 2)
         second = state.invoices[1]
         state = await advance_until(ts_env, handle, lambda s: s.invoices[1].card_attempts == 3)
         assert state.run == 2
-        await pay(handle, state.invoices[1])
+        await pay_in_full(handle, state.invoices[1])
         state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 3)
-        await pay(handle, state.invoices[2])
+        await pay_in_full(handle, state.invoices[2])
         final = await final_state(handle)
 
     assert final.stage == Stage.WON

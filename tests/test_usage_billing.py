@@ -15,16 +15,14 @@ from l2c.usage import ingest_usage
 from models.deal import Stage
 from models.ledger import InvoiceLineRecord
 from models.money import ZERO
-from models.state import DealState, InvoiceView
+from models.state import DealState
 from tests.helpers import (
-    Handle,
     account_balances,
     advance_until,
     final_state,
+    pay_in_full,
     quote_to_signature,
-    signal,
     start,
-    wait_until,
 )
 
 
@@ -41,14 +39,6 @@ def usage_lines(deal_id: str, *events: tuple[str, datetime, int]) -> list[str]:
         )
         for event_id, at, calls in events
     ]
-
-
-async def pay(handle: Handle, invoice: InvoiceView) -> None:
-    await signal(handle, "record_payment", {"invoice_number": invoice.number,
-                                           "amount": str(invoice.amount),
-                                           "reference": f"BANK-{invoice.number}"})  # fmt: skip
-    await wait_until(handle, lambda s: any(i.number == invoice.number and i.status == "paid"
-                                           for i in s.invoices))  # fmt: skip
 
 
 def invoice_lines(ledger: Engine, number: str) -> list[InvoiceLineRecord]:
@@ -79,7 +69,7 @@ async def test_usage_above_the_commitment_is_billed_in_arrears_late_events_inclu
         ("m1-b", month[1] - timedelta(seconds=1), 60_000),  # 150 thousand in month 1
         ("early", month[0] - timedelta(seconds=1), 500_000),  # before activation: never billed
     )
-    await pay(handle, state.invoices[0])
+    await pay_in_full(handle, state.invoices[0])
     state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 2)
     second = state.invoices[1]
     # 50 thousand calls above the commitment, in the 101-1000 tier at 1.50.
@@ -96,7 +86,7 @@ async def test_usage_above_the_commitment_is_billed_in_arrears_late_events_inclu
         ("m1-a", month[0] + timedelta(hours=1), 90_000),  # resent: a duplicate, ignored
         ("m2-a", month[1] + timedelta(days=3), 50_000),
     )
-    await pay(handle, second)
+    await pay_in_full(handle, second)
     state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 3)
     third = state.invoices[2]
     assert third.amount == Decimal("700.00") + Decimal("15.00")
@@ -108,14 +98,14 @@ async def test_usage_above_the_commitment_is_billed_in_arrears_late_events_inclu
         ("m3-a", month[2] + timedelta(days=1), 1_200_000),
         ("after-term", month[3] + timedelta(seconds=1), 777_000),  # after the term: never billed
     )
-    await pay(handle, third)
+    await pay_in_full(handle, third)
     state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 4)
     last = state.invoices[3]
     # 1200 thousand: 100 x 2.00 + 900 x 1.50 + 200 x 1.00 = 1750, less the committed 200.
     assert last.amount == Decimal("1550.00")
     assert last.period_index is None and last.billing_month == 3
     assert last.issued_on >= month[3].date()
-    await pay(handle, last)
+    await pay_in_full(handle, last)
 
     final: DealState = await final_state(handle)
     assert final.stage == Stage.WON
@@ -142,7 +132,7 @@ async def test_usage_within_the_commitment_adds_no_invoice(
         rules.catalog,
     )
     assert report.accepted == 1
-    await pay(handle, state.invoices[0])
+    await pay_in_full(handle, state.invoices[0])
     final = await final_state(handle)
     assert final.stage == Stage.WON
     assert [i.amount for i in final.invoices] == [Decimal("400.00")]
