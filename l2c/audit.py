@@ -11,12 +11,13 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from l2c.runtime import workflow_runner
-from models.state import DealState
+from models.state import DealContinuation, DealEvent, DealState
 from workflows.deal import DealWorkflow
 
 
@@ -69,6 +70,19 @@ def _decode(payloads: Any) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+async def _all_runs(client: Client, workflow_id: str) -> list[HistoryEvent]:
+    """The history events of every run of a deal, the first run first (continue-as-new chains
+    them: each run's start names the run it continues)."""
+    runs: list[list[HistoryEvent]] = []
+    run_id: str | None = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    while run_id:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        events = [event async for event in handle.fetch_history_events()]
+        runs.append(events)
+        run_id = events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+    return [event for run in reversed(runs) for event in run]
+
+
 async def decision_timeline(
     client: Client, workflow_id: str
 ) -> list[tuple[datetime, str, str, str]]:
@@ -76,19 +90,22 @@ async def decision_timeline(
     rows: list[tuple[datetime, str, str, str]] = []
     activity_names: dict[int, str] = {}
     final_state: DealState | None = None
-    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+    carried: list[DealEvent] = []  # the deal's own events, as each later run received them
+    for event in await _all_runs(client, workflow_id):
         at = event.event_time.ToDatetime().replace(tzinfo=None)
         kind = event.event_type
         if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            lead = _decode(event.workflow_execution_started_event_attributes.input)
-            rows.append(
-                (
-                    at,
-                    "deal started",
-                    event.workflow_execution_started_event_attributes.identity,
-                    json.dumps(lead),
-                )
-            )
+            started = event.workflow_execution_started_event_attributes
+            data = _decode(started.input)
+            if started.continued_execution_run_id:
+                continuation = DealContinuation.model_validate(data)
+                carried += continuation.continued.events
+                rows.append((at, "run continued", "workflow",
+                             f"run {continuation.continued.run} from month "
+                             f"{continuation.next_month}"))  # fmt: skip
+                activity_names.clear()  # event ids start again in each run
+            else:
+                rows.append((at, "deal started", started.identity, json.dumps(data)))
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             attrs = event.workflow_execution_signaled_event_attributes
             payload = _decode(attrs.input) if attrs.input.payloads else None
@@ -144,8 +161,14 @@ async def decision_timeline(
         except Exception:
             final_state = None
     if final_state is not None:
-        # The deal's own record of each decision, refusals included, with who and why.
-        for deal_event in final_state.events:
+        # The deal's own record of each decision, refusals included, with who and why. A long
+        # deal's state carries only its latest events; the earlier ones came with earlier runs.
+        seen = set()
+        for deal_event in [*carried, *final_state.events]:
+            key = (deal_event.at, deal_event.kind, deal_event.actor, deal_event.detail)
+            if key in seen:
+                continue
+            seen.add(key)
             rows.append(
                 (
                     deal_event.at.replace(tzinfo=None),

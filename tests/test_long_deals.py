@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
+from l2c.audit import decision_timeline
 from l2c.config import BusinessRules, Settings, load_business_rules
 from l2c.drill import drill_config
 from l2c.gateway_sandbox import SandboxGateway
@@ -96,6 +97,13 @@ async def test_a_monthly_deal_continues_as_new_and_carries_billing_and_dunning_a
     attributes = (await ts_env.client.get_workflow_handle(handle.id, run_id=run_2).describe()
                   ).typed_search_attributes  # fmt: skip
     assert attributes.get(DEAL_STAGE) == "active" and attributes.get(DEAL_OWNER) == "nora.na"
+
+    # The audit timeline follows the chain of runs: every run, each decision once.
+    timeline = await decision_timeline(ts_env.client, handle.id)
+    assert [row[3] for row in timeline if row[1] == "run continued"] == [
+        "run 2 from month 2", "run 3 from month 4"]  # fmt: skip
+    assert sum(1 for row in timeline if row[1] == "decision invoice_issued") == 5
+    assert sum(1 for row in timeline if row[1] == "deal started") == 1
 
 
 async def test_card_retries_carry_on_across_runs_without_a_repeat(
