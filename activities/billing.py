@@ -50,18 +50,13 @@ from models.money import ZERO
 
 
 def _issued(session: Session, row: InvoiceRecord) -> IssuedInvoice:
-    usage = session.exec(
-        select(col(UsageChargeRecord.amount)).where(
-            col(UsageChargeRecord.invoice_number) == row.number
-        )
-    ).all()
     return IssuedInvoice(
         number=row.number,
         amount=row.amount,
         currency=row.currency,
         issued_on=row.issued_on,
         due_date=row.due_date,
-        usage_amount=sum(usage, ZERO),
+        usage_amount=_usage_billed(session, row.number),
     )
 
 
@@ -78,7 +73,9 @@ def _nonzero(lines: list[tuple[str, Decimal, Decimal]]) -> list[tuple[str, Decim
 def _open_or_paid_invoice(
     session: Session, deal_id: str, number: str, currency: str
 ) -> InvoiceRecord:
-    invoice = session.get(InvoiceRecord, number)
+    # Locked until commit (PostgreSQL; SQLite's BEGIN IMMEDIATE locks it all): two postings on one
+    # invoice never both read the old amounts.
+    invoice = session.get(InvoiceRecord, number, with_for_update=True)
     if invoice is None or invoice.deal_id != deal_id:
         raise _ledger_conflict(f"invoice {number} is not this deal's")
     if invoice.currency != currency:
@@ -104,6 +101,15 @@ def _allocate(
     session.add(invoice)
     session.add(PaymentAllocation(deal_id=deal_id, source=source, invoice_number=number,
                                   amount=amount))  # fmt: skip
+
+
+def _usage_billed(session: Session, invoice_number: str) -> Decimal:
+    amounts = session.exec(
+        select(col(UsageChargeRecord.amount)).where(
+            col(UsageChargeRecord.invoice_number) == invoice_number
+        )
+    ).all()
+    return sum(amounts, ZERO)
 
 
 def _customer_credit(session: Session, deal_id: str) -> Decimal:
@@ -441,7 +447,14 @@ class BillingActivities:
                 )
             ).all()
             deferred_balance = sum((ln.credit - ln.debit for ln in deferred_lines), ZERO)
-            reversal = max(ZERO, min(unpaid, deferred_balance))
+            # Usage billed in arrears was never deferred: unpaid, it is bad debt. Only the unpaid
+            # part of what was billed in advance can still be undelivered.
+            in_advance = sum(
+                (min(i.amount - i.amount_credited - i.amount_paid,
+                     i.amount - _usage_billed(session, i.number)) for i in unpaid_invoices),
+                ZERO,
+            )  # fmt: skip
+            reversal = max(ZERO, min(in_advance, deferred_balance))
             bad_debt = unpaid - reversal
             for invoice in unpaid_invoices:
                 invoice.status = "uncollectible"

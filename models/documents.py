@@ -144,6 +144,16 @@ class UsageBilling(BaseModel):
 
 
 class InvoiceRequest(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _period_start(cls, data: Any) -> Any:
+        # A request scheduled before invoices were keyed by month boundary: its period's start.
+        if isinstance(data, dict) and "billing_month" not in data and data.get("period"):
+            period = data["period"]
+            start = period.get("start_month") if isinstance(period, dict) else None
+            data = {**data, "billing_month": start}
+        return data
+
     deal_id: str
     lead: LeadInput
     # The month boundary the invoice is issued at (0 = activation): its natural key in the deal.

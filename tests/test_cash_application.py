@@ -1,14 +1,18 @@
 """Cash application: one payment across invoices oldest first, overpayments held as customer
 credit and applied to the next invoice, credit notes, refunds."""
 
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import Engine
 from temporalio.testing import WorkflowEnvironment
 
-from l2c.config import Settings
+from l2c.config import BusinessRules, Settings
 from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, CUSTOMER_CREDIT, SALES_CREDITS
 from l2c.ledger_check import check_ledger
+from l2c.runtime import build_worker
 from models.deal import Stage
 from models.money import ZERO
 from tests.helpers import (
@@ -19,6 +23,7 @@ from tests.helpers import (
     refused_after,
     signal,
     start,
+    state_of,
     wait_until,
 )
 
@@ -111,3 +116,60 @@ async def test_a_fully_credited_unpaid_invoice_is_void_and_refuses_payments(
     assert balances.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
     assert balances[SALES_CREDITS] == invoice.amount
     assert check_ledger(sqlite_ledger) == []
+
+
+@pytest.fixture
+async def slow_postings(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, rules: BusinessRules, settings: Settings
+) -> AsyncIterator[Settings]:
+    """A worker whose payment postings take 2 s, as a retried posting would."""
+    slow = settings.model_copy(
+        update={"faults_json": '{"apply_payment": {"kind": "slow", "seconds": 2}}'}
+    )
+    async with build_worker(ts_env.client, sqlite_ledger, rules, slow):
+        yield slow
+
+
+async def test_postings_reach_the_ledger_in_the_order_the_deal_decided_them(
+    ts_env: WorkflowEnvironment, slow_postings: Settings, sqlite_ledger: Engine
+) -> None:
+    """A refund of credit, and a credit note on a paid invoice, decided while the payment that
+    made them possible is still being posted, wait for that posting."""
+    handle = await start(ts_env.client, slow_postings.task_queue)
+    state = await quote_to_signature(handle, term_months=1, billing_period="upfront")
+    invoice = state.invoices[0]
+    await signal(handle, "record_payment", {"invoice_number": invoice.number, "reference": "W1",
+                                           "amount": str(invoice.amount + Decimal("50.00"))})  # fmt: skip
+    await wait_until(handle, lambda s: s.customer_credit == Decimal("50.00"))
+    await signal(handle, "refund_credit", {"amount": "50.00", "reference": "RF-1"})
+    await signal(handle, "issue_credit_note", {"invoice_number": invoice.number, "amount": "10.00",
+                                              "reason": "late start", "reference": "CN-1",
+                                              "issued_by": "fay.finance"})  # fmt: skip
+    # The credit note made 10.00 of credit the customer is owed: the deal waits for its refund.
+    state = await wait_until(handle, lambda s: s.customer_credit == Decimal("10.00"))
+    await signal(handle, "refund_credit", {"amount": "10.00", "reference": "RF-2"})
+    final = await final_state(handle)
+    assert final.stage == Stage.WON and final.customer_credit == ZERO
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances.get(CUSTOMER_CREDIT, ZERO) == ZERO
+    assert balances[CASH] == invoice.amount - Decimal("10.00")
+    assert check_ledger(sqlite_ledger) == []
+
+
+async def test_credit_held_at_the_end_of_the_term_waits_for_its_refund(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    state = await quote_to_signature(handle, term_months=1)
+    invoice = state.invoices[0]
+    await advance_until(ts_env, handle, lambda s: s.revenue_recognized > 0)  # the term is over
+    await signal(handle, "record_payment", {"invoice_number": invoice.number, "reference": "W1",
+                                           "amount": str(invoice.amount + Decimal("50.00"))})  # fmt: skip
+    state = await wait_until(handle, lambda s: s.invoices[0].status == "paid")
+    await ts_env.sleep(timedelta(days=30))
+    state = await state_of(handle)
+    assert state.stage == Stage.ACTIVE and state.customer_credit == Decimal("50.00")
+    await signal(handle, "refund_credit", {"amount": "50.00", "reference": "RF-1"})
+    final = await final_state(handle)
+    assert final.stage == Stage.WON
+    assert account_balances(sqlite_ledger, handle.id).get(CUSTOMER_CREDIT, ZERO) == ZERO

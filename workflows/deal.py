@@ -109,6 +109,9 @@ CHARGE_GIVE_UP = timedelta(hours=6)
 # Version marker (workflow.patched): metered usage is billed in arrears at each month boundary.
 USAGE_IN_ARREARS = "usage-billed-in-arrears"
 
+# Version marker: payments spread over open invoices, overpayments held as customer credit.
+CASH_APPLICATION = "cash-application"
+
 # The latest events a new run carries in its state; the earlier ones stay in the earlier runs.
 KEEP_EVENTS = 50
 
@@ -161,6 +164,10 @@ class DealWorkflow:
         self._write_off_moments: dict[str, datetime] = {}  # invoice number -> write-off moment
         self._charging: set[str] = set()  # invoices whose card charge is under way
         self._postings_running = 0  # payment postings under way
+        self._posting_order = asyncio.Lock()
+        # Deals that reached billing before payments could be spread over invoices and held as
+        # credit keep the rules they ran under (see invoice_collect_and_recognize).
+        self._cash_application = False
         self._activities_running = 0  # any activity under way, from any coroutine
 
     # ------------------------------------------------------------------ the process
@@ -355,11 +362,16 @@ class DealWorkflow:
         activated_at = self.deal.activated_at
         assert activated_at is not None
         periods = {period.start_month: period for period in quote.billing_plan}
+        self._cash_application = workflow.patched(CASH_APPLICATION)
         if self._resume is None:
             first_month = 0
-            # Deals that started before usage was billed in arrears replay as they ran.
-            bills_usage = any(line.kind == "usage" for line in quote.lines) and workflow.patched(
-                USAGE_IN_ARREARS
+            usage_lines = [line for line in quote.lines if line.kind == "usage"]
+            # Deals that started before usage was billed in arrears replay as they ran, and a
+            # quote priced before then has no tiers locked in it to bill usage by.
+            bills_usage = (
+                bool(usage_lines)
+                and all(line.usage_tiers is not None for line in usage_lines)
+                and workflow.patched(USAGE_IN_ARREARS)
             )
         else:
             first_month, bills_usage = self._resume.next_month, self._resume.bills_usage
@@ -404,7 +416,14 @@ class DealWorkflow:
                 # The last month's usage, billed in arrears once the term is over.
                 await self.issue_invoice(quote, quote.term_months, None, activated_at, True)
         await workflow.wait_condition(
-            lambda: self._written_off or all(i.status != "open" for i in self.deal.invoices)
+            lambda: (
+                self._written_off
+                or (
+                    all(i.status != "open" for i in self.deal.invoices)
+                    # Credit still held is owed to the customer: the deal waits for its refund.
+                    and self.deal.customer_credit == 0
+                )
+            )
         )
         await asyncio.gather(*self._collections)
         return Stage.WRITTEN_OFF if self._written_off else Stage.WON
@@ -627,6 +646,7 @@ class DealWorkflow:
                 reason = str(failed.cause or failed)[:300]
                 self._record("card_not_charged", "gateway", f"{invoice.number}: {reason}")
                 invoice.card_attempts = len(schedule)  # a later run makes none either
+                await self._apply_held_credit()  # credit that arrived during the charge
                 return
             finally:
                 self._charging.discard(invoice.number)
@@ -634,6 +654,7 @@ class DealWorkflow:
             self._record(
                 "card_declined", "gateway", f"{invoice.number}: {result.decline_code}{hard}"
             )
+            await self._apply_held_credit()  # credit that arrived during the charge
             if result.hard_decline:
                 invoice.card_attempts = len(schedule)
                 return
@@ -841,6 +862,8 @@ class DealWorkflow:
             reason = f"{named.number} is {named.status}"
         elif named is not None and named.number in self._charging:
             reason = f"the card on file is being charged for {named.number}; send again after it"
+        elif not self._cash_application:
+            reason = _before_cash_application(payment, named)
         if reason is not None:
             self._refuse("record_payment", payment.recorded_by, reason)
             return
@@ -1019,10 +1042,14 @@ class DealWorkflow:
         )
 
     async def _post(self, activity: Callable[..., Any], arg: Any, summary: str) -> Any:
-        """A ledger posting for money that moved: a write-off waits until none is under way."""
+        """A ledger posting for money that moved. Postings run one at a time in the order the deal
+        decided them (the lock serves waiters first come, first served): a refund never reaches the
+        ledger before the overpayment that made the credit, even when that posting is retried.
+        A write-off waits until none is under way or waiting."""
         self._postings_running += 1
         try:
-            return await self._call(activity, arg, summary)
+            async with self._posting_order:
+                return await self._call(activity, arg, summary)
         finally:
             self._postings_running -= 1
 
@@ -1258,6 +1285,11 @@ class DealWorkflow:
             lines.append(
                 f"Invoices: {len(state.invoices)}, balance due {state.balance_due} {state.lead.currency}"
             )
+        if state.customer_credit > 0:
+            lines.append(
+                f"Customer credit held: {state.customer_credit} {state.lead.currency} "
+                "(pays the next invoice; signal `refund_credit` to pay it back)"
+            )
         if state.events:
             last = state.events[-1]
             lines.append(f"Last: {last.kind} by {last.actor}: {last.detail}")
@@ -1279,6 +1311,21 @@ def _continuation(payload: RawValue) -> DealContinuation | None:
         return workflow.payload_converter().from_payload(payload.payload, DealContinuation)
     except Exception:  # a lead (or a bad input, which the lead's validation reports)
         return None
+
+
+def _before_cash_application(payment: RecordPayment, named: InvoiceView | None) -> str | None:
+    """The refusals of deals that reached billing before cash application: one invoice per
+    payment, never more than its balance."""
+    if named is None:
+        return "invoice_number: Field required"
+    if named.status != "open":
+        return f"{named.number} is {named.status}"
+    if payment.amount > named.balance:
+        return (
+            f"{payment.amount} exceeds the balance due of {named.number} ({named.balance}); "
+            "overpayments are not accepted yet"
+        )
+    return None
 
 
 def _due_at(invoice: InvoiceView) -> datetime:
