@@ -40,6 +40,8 @@ def build_activities(
         billing.apply_credit,
         billing.issue_credit_note,
         billing.refund_credit,
+        billing.open_dispute,
+        billing.close_dispute,
         billing.send_dunning_reminder,
         billing.write_off_deal,
         revenue.recognize_revenue,

@@ -27,6 +27,8 @@ from models.documents import (
     CreditApplication,
     CreditNoteIssued,
     CreditNoteRequest,
+    DisputeClosing,
+    DisputeOpening,
     DunningNotice,
     InvoiceRequest,
     IssuedInvoice,
@@ -37,6 +39,7 @@ from models.documents import (
 )
 from models.ledger import (
     CreditNoteRecord,
+    DisputeRecord,
     InvoiceLineRecord,
     InvoiceRecord,
     JournalEntry,
@@ -355,6 +358,80 @@ class BillingActivities:
             )
             session.commit()
             return CreditNoteIssued(number=number, amount=request.amount)
+
+    @activity.defn
+    def open_dispute(self, dispute: DisputeOpening) -> None:
+        """Record a dispute once; a chargeback also takes the payment back: Dr receivables, Cr
+        cash. The invoice is `disputed` until the dispute closes."""
+        with Session(self._engine) as session:
+            if session.get(DisputeRecord, dispute.dispute_id) is not None:
+                return
+            invoice = _open_or_paid_invoice(session, dispute.deal_id, dispute.invoice_number,
+                                            dispute.currency)  # fmt: skip
+            session.add(DisputeRecord(**dispute.model_dump()))
+            if dispute.payment_reference is not None:
+                if dispute.amount > invoice.amount_paid:
+                    raise _ledger_conflict(
+                        f"chargeback {dispute.dispute_id} of {dispute.amount}, "
+                        f"{invoice.number} was paid {invoice.amount_paid}"
+                    )
+                invoice.amount_paid -= dispute.amount
+                session.add(PaymentAllocation(deal_id=dispute.deal_id,
+                                              source=f"chargeback:{dispute.dispute_id}",
+                                              invoice_number=invoice.number,
+                                              amount=-dispute.amount))  # fmt: skip
+                post_entry(
+                    session,
+                    entry_key=f"{dispute.deal_id}:chargeback:{dispute.dispute_id}",
+                    deal_id=dispute.deal_id,
+                    currency=dispute.currency,
+                    memo=f"Chargeback {dispute.dispute_id} on {invoice.number}",
+                    posted_at=dispute.opened_at,
+                    lines=[
+                        (ACCOUNTS_RECEIVABLE, dispute.amount, ZERO),
+                        (CASH, ZERO, dispute.amount),
+                    ],
+                )
+            invoice.status = "disputed"
+            session.add(invoice)
+            session.commit()
+
+    @activity.defn
+    def close_dispute(self, closing: DisputeClosing) -> None:
+        """Close a dispute once. A chargeback won returns the money: Dr cash, Cr receivables. A
+        dispute lost is followed by a credit note for its amount (issued by the deal)."""
+        with Session(self._engine) as session:
+            dispute = session.get(DisputeRecord, closing.dispute_id, with_for_update=True)
+            if dispute is None or dispute.deal_id != closing.deal_id:
+                raise _ledger_conflict(f"dispute {closing.dispute_id} is not this deal's")
+            if dispute.status != "open":
+                return
+            invoice = session.get(InvoiceRecord, dispute.invoice_number, with_for_update=True)
+            assert invoice is not None
+            if closing.outcome == "won" and dispute.payment_reference is not None:
+                invoice.amount_paid += dispute.amount
+                session.add(PaymentAllocation(deal_id=dispute.deal_id,
+                                              source=f"chargeback-reversed:{dispute.dispute_id}",
+                                              invoice_number=invoice.number,
+                                              amount=dispute.amount))  # fmt: skip
+                post_entry(
+                    session,
+                    entry_key=f"{dispute.deal_id}:chargeback-reversed:{dispute.dispute_id}",
+                    deal_id=dispute.deal_id,
+                    currency=dispute.currency,
+                    memo=f"Chargeback {dispute.dispute_id} won: funds returned",
+                    posted_at=closing.closed_at,
+                    lines=[
+                        (CASH, dispute.amount, ZERO),
+                        (ACCOUNTS_RECEIVABLE, ZERO, dispute.amount),
+                    ],
+                )
+            dispute.status = closing.outcome
+            dispute.closed_at = closing.closed_at
+            _settle_status(invoice)
+            session.add(dispute)
+            session.add(invoice)
+            session.commit()
 
     @activity.defn
     def refund_credit(self, refund: RefundRequest) -> None:

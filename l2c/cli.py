@@ -125,7 +125,7 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
     from l2c.demo import start_demo_deals
     from l2c.gateway_sandbox import SandboxGateway
     from l2c.mailcatcher import MailCatcher
-    from l2c.runtime import connect
+    from l2c.runtime import connect, open_ledger
     from l2c.webhooks import webhook_endpoint, webhook_url
 
     catcher = MailCatcher(data_dir / "mailbox", port=args.smtp_port)
@@ -154,7 +154,7 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
         client = await connect(settings)
         # The sandbox gateway announces each charge to the webhook endpoint, which signals the deal.
         secret = os.environ.get("L2C_WEBHOOK_SECRET") or DEV_WEBHOOK_SECRET
-        webhooks = webhook_endpoint(args.webhook_port, secret, client)
+        webhooks = webhook_endpoint(args.webhook_port, secret, client, open_ledger(settings))
         webhooks.start()
         cleanup.callback(webhooks.stop)
         gateway = SandboxGateway(args.gateway_port, webhook=(webhook_url(webhooks), secret))
@@ -173,7 +173,7 @@ DEV_WEBHOOK_SECRET = "whsec_l2c_dev"
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
-    from l2c.runtime import connect
+    from l2c.runtime import connect, open_ledger
     from l2c.webhooks import webhook_endpoint, webhook_url
 
     secret = os.environ.get("L2C_WEBHOOK_SECRET")
@@ -181,8 +181,9 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
         return _fail("set L2C_WEBHOOK_SECRET to the gateway's webhook signing secret")
 
     async def main() -> None:
-        client = await connect(Settings.from_env())
-        endpoint = webhook_endpoint(args.port, secret, client)
+        settings = Settings.from_env()
+        client = await connect(settings)
+        endpoint = webhook_endpoint(args.port, secret, client, open_ledger(settings))
         endpoint.start()
         print(f"webhook endpoint on {webhook_url(endpoint)}")
         stop = asyncio.Event()

@@ -7,6 +7,10 @@ Signatures follow Stripe's scheme: header `Stripe-Signature: t=<unix time>,v1=<h
 A verified `payment_intent.succeeded` becomes the deal's `record_payment` signal, with the payment
 intent's id as the reference. The deal counts a reference once, so a webhook delivered twice (the
 gateway retries until it sees a 2xx) is refused by the deal with its reason and changes nothing.
+`charge.dispute.created` and `charge.dispute.closed` (status `won` or `lost`) become the deal's
+`open_dispute` and `close_dispute`. A dispute names only the payment intent it takes back, so the
+deal and invoice are found from the payment in the ledger; one not recorded yet gets 404, and the
+gateway sends the event again later.
 Event types the deal has no use for are acknowledged and ignored, as the gateway expects.
 """
 
@@ -18,11 +22,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import Engine
+from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from l2c.gateway import from_minor_units
 from l2c.local_http import BackgroundServer, BadRequest, JsonHandler
+from models.ledger import PaymentRecordRow
 
 TOLERANCE_SECONDS = 300
 PATH = "/webhooks/gateway"
@@ -58,9 +65,22 @@ def verify(
         raise WebhookRefused("signature does not match")
 
 
-def deal_signal(event: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
+# The deal and invoice of a payment the ledger recorded under this reference, if any.
+PaymentLookup = Callable[[str], tuple[str, str] | None]
+
+
+class UnknownPayment(LookupError):
+    """A dispute for a payment the ledger has not recorded (yet)."""
+
+
+def deal_signal(
+    event: dict[str, Any], find_payment: PaymentLookup
+) -> tuple[str, str, dict[str, str]] | None:
     """(deal id, signal name, payload) for an event the deal acts on; None to ignore it."""
-    if event.get("type") != "payment_intent.succeeded":
+    kind = event.get("type")
+    if kind in ("charge.dispute.created", "charge.dispute.closed"):
+        return _dispute_signal(event, find_payment)
+    if kind != "payment_intent.succeeded":
         return None
     data = event.get("data")
     intent = data.get("object") if isinstance(data, dict) else None
@@ -86,6 +106,56 @@ def deal_signal(event: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None
     return metadata["deal_id"], "record_payment", payment
 
 
+def _dispute_signal(
+    event: dict[str, Any], find_payment: PaymentLookup
+) -> tuple[str, str, dict[str, str]] | None:
+    data = event.get("data")
+    dispute = data.get("object") if isinstance(data, dict) else None
+    if (
+        not isinstance(dispute, dict)
+        or not isinstance(dispute.get("id"), str)
+        or not isinstance(dispute.get("payment_intent"), str)
+        or type(dispute.get("amount")) is not int
+    ):
+        raise ValueError(
+            f"{event['type']} needs data.object.id, data.object.payment_intent and an integer amount"
+        )
+    found = find_payment(dispute["payment_intent"])
+    if found is None:
+        raise UnknownPayment(f"no payment {dispute['payment_intent'][:100]} recorded")
+    deal_id, invoice_number = found
+    if event["type"] == "charge.dispute.created":
+        return (
+            deal_id,
+            "open_dispute",
+            {
+                "invoice_number": invoice_number,
+                "dispute_id": dispute["id"],
+                "amount": str(from_minor_units(dispute["amount"])),
+                "reason": str(dispute.get("reason") or "chargeback")[:2000],
+                "payment_reference": dispute["payment_intent"],
+                "by": "gateway",
+            },
+        )
+    if dispute.get("status") not in ("won", "lost"):
+        return None  # e.g. warning_closed: no funds moved, nothing for the deal
+    return deal_id, "close_dispute", {
+        "dispute_id": dispute["id"], "outcome": dispute["status"], "by": "gateway"}  # fmt: skip
+
+
+def ledger_payment_lookup(engine: Engine) -> PaymentLookup:
+    def find_payment(reference: str) -> tuple[str, str] | None:
+        with Session(engine) as session:
+            row = session.exec(
+                select(PaymentRecordRow).where(PaymentRecordRow.reference == reference)
+            ).first()
+        if row is None or row.invoice_number is None:
+            return None
+        return row.deal_id, row.invoice_number
+
+    return find_payment
+
+
 class _Handler(JsonHandler):
     server: "_Server"
 
@@ -104,7 +174,9 @@ class _Handler(JsonHandler):
             event = json.loads(payload)
             if not isinstance(event, dict):
                 raise ValueError("the body must be a JSON object")
-            target = deal_signal(event)
+            target = deal_signal(event, self.server.find_payment)
+        except UnknownPayment as err:
+            return self.send_json(404, {"error": str(err)})
         except ValueError as err:
             return self.send_json(400, {"error": str(err)[:300]})
         if target is None:
@@ -123,16 +195,22 @@ class _Handler(JsonHandler):
 
 class _Server(BackgroundServer):
     def __init__(
-        self, port: int, secret: str, send_signal: Callable[[str, str, dict[str, str]], None]
+        self,
+        port: int,
+        secret: str,
+        send_signal: Callable[[str, str, dict[str, str]], None],
+        find_payment: PaymentLookup,
     ) -> None:
         super().__init__(port, _Handler)
         self.secret = secret
         self.send_signal = send_signal
+        self.find_payment = find_payment
 
 
-def webhook_endpoint(port: int, secret: str, client: Client) -> _Server:
-    """The endpoint on 127.0.0.1:`port`, signalling deals through `client` on the caller's loop;
-    `start()` it, `stop()` it, post to `webhook_url(endpoint)`."""
+def webhook_endpoint(port: int, secret: str, client: Client, engine: Engine) -> _Server:
+    """The endpoint on 127.0.0.1:`port`, signalling deals through `client` on the caller's loop
+    and finding disputed payments in the ledger at `engine`; `start()` it, `stop()` it, post to
+    `webhook_url(endpoint)`."""
     loop = asyncio.get_running_loop()
 
     def send_signal(deal_id: str, name: str, body: dict[str, str]) -> None:
@@ -143,7 +221,7 @@ def webhook_endpoint(port: int, secret: str, client: Client) -> _Server:
         finally:
             sent.cancel()  # a no-op once done; else the gateway will send the event again
 
-    return _Server(port, secret, send_signal)
+    return _Server(port, secret, send_signal, ledger_payment_lookup(engine))
 
 
 def webhook_url(endpoint: BackgroundServer) -> str:

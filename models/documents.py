@@ -222,6 +222,24 @@ class CreditNoteRequest(BaseModel):
     issued_at: datetime
 
 
+class DisputeOpening(BaseModel):
+    deal_id: str
+    dispute_id: str
+    invoice_number: str
+    amount: Decimal
+    currency: str
+    payment_reference: str | None  # a chargeback: the gateway took this payment back
+    reason: str
+    opened_at: datetime
+
+
+class DisputeClosing(BaseModel):
+    deal_id: str
+    dispute_id: str
+    outcome: Literal["won", "lost"]
+    closed_at: datetime
+
+
 class CreditNoteIssued(BaseModel):
     number: str
     amount: Decimal

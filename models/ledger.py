@@ -228,6 +228,22 @@ class CreditNoteRecord(SQLModel, table=True):
     issued_at: datetime = utc_timestamp(nullable=False)
 
 
+class DisputeRecord(SQLModel, table=True):
+    """A contested invoice: a chargeback of a card payment, or an amount contested before payment."""
+
+    __tablename__ = "disputes"
+    dispute_id: str = Field(primary_key=True, max_length=100)
+    deal_id: str = Field(index=True, max_length=80)
+    invoice_number: str = Field(foreign_key="invoices.number", max_length=40)
+    amount: Decimal = money()
+    currency: str = Field(max_length=3)
+    payment_reference: str | None = Field(default=None, max_length=100)
+    reason: str = Field(max_length=2000)
+    status: str = Field(default="open", max_length=10)  # open, won, lost
+    opened_at: datetime = utc_timestamp(nullable=False)
+    closed_at: datetime | None = utc_timestamp(nullable=True)
+
+
 class RefundRecord(SQLModel, table=True):
     """Customer credit paid back to the customer."""
 

@@ -99,6 +99,22 @@ class IssueCreditNote(_Payload):
     issued_by: Name
 
 
+class OpenDispute(_Payload):
+    invoice_number: InvoiceNumber
+    dispute_id: Name
+    amount: Amount = Field(gt=0)
+    reason: Reason
+    # The card payment a chargeback took back; without it, the customer contests an unpaid amount.
+    payment_reference: Name | None = None
+    by: Name = "ops"
+
+
+class CloseDispute(_Payload):
+    dispute_id: Name
+    outcome: Literal["won", "lost"]  # won: the invoice stands; lost: the amount is credited
+    by: Name = "ops"
+
+
 class RefundCredit(_Payload):
     amount: Amount = Field(gt=0)
     reference: Name

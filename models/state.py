@@ -10,7 +10,7 @@ from models.deal import DealPolicy, LeadInput, Stage
 from models.documents import Quote
 from models.signals import CardOnFile
 
-InvoiceStatus = Literal["open", "paid", "void", "uncollectible"]
+InvoiceStatus = Literal["open", "paid", "void", "uncollectible", "disputed"]
 
 
 class DealEvent(BaseModel):
@@ -52,10 +52,26 @@ class InvoiceView(BaseModel):
     amount_credited: Decimal = Decimal("0.00")  # credit notes
     reminders_sent: int = 0
     card_attempts: int = 0  # card charges started (or skipped, after a hard decline)
+    # Dunning pauses while the invoice is disputed; its reminders and write-off move by as long.
+    disputed_since: datetime | None = None
+    dunning_paused_seconds: int = 0
 
     @property
     def balance(self) -> Decimal:
         return self.amount - self.amount_credited - self.amount_paid
+
+
+class DisputeView(BaseModel):
+    dispute_id: str
+    invoice_number: str
+    amount: Decimal
+    # A chargeback took back a card payment: the gateway's payment reference. None for an invoice
+    # the customer contests before paying.
+    payment_reference: str | None
+    reason: str
+    status: Literal["open", "won", "lost"] = "open"
+    opened_at: datetime
+    closed_at: datetime | None = None
 
 
 class DealState(BaseModel):
@@ -79,6 +95,7 @@ class DealState(BaseModel):
     credit_note_references: list[str] = Field(default_factory=list)
     refund_references: list[str] = Field(default_factory=list)
     credit_applications: int = 0
+    disputes: list[DisputeView] = Field(default_factory=list)
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
     # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'

@@ -89,7 +89,7 @@ async def test_the_gateways_webhook_for_a_card_charge_is_not_a_second_payment(
     sandbox_gateway: SandboxGateway,
     sqlite_ledger: Engine,
 ) -> None:
-    endpoint = webhook_endpoint(free_port(), "whsec_test", ts_env.client)
+    endpoint = webhook_endpoint(free_port(), "whsec_test", ts_env.client, sqlite_ledger)
     endpoint.start()
     sandbox_gateway.state.webhook = (webhook_url(endpoint), "whsec_test")
     try:

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import Settings
@@ -46,8 +47,10 @@ def test_signatures_are_checked_for_body_secret_and_age() -> None:
 
 
 @pytest.fixture
-async def endpoint(ts_env: WorkflowEnvironment) -> AsyncIterator[BackgroundServer]:
-    webhooks = webhook_endpoint(free_port(), SECRET, ts_env.client)
+async def endpoint(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine
+) -> AsyncIterator[BackgroundServer]:
+    webhooks = webhook_endpoint(free_port(), SECRET, ts_env.client, sqlite_ledger)
     webhooks.start()
     yield webhooks
     webhooks.stop()

@@ -36,6 +36,8 @@ with workflow.unsafe.imports_passed_through():
         CreditNoteIssued,
         CreditNoteRequest,
         DealClosing,
+        DisputeClosing,
+        DisputeOpening,
         DunningNotice,
         InvoiceRequest,
         IssuedInvoice,
@@ -54,10 +56,12 @@ with workflow.unsafe.imports_passed_through():
     from models.search import DEAL_AMOUNT, DEAL_OWNER, DEAL_STAGE
     from models.signals import (
         ApproveDiscount,
+        CloseDispute,
         DeclineContract,
         IssueCreditNote,
         LogEngagement,
         MarkLost,
+        OpenDispute,
         RecordPayment,
         RefundCredit,
         RejectDiscount,
@@ -69,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         DealContinuation,
         DealEvent,
         DealState,
+        DisputeView,
         InvoiceView,
         PendingApproval,
     )
@@ -376,7 +381,7 @@ class DealWorkflow:
         else:
             first_month, bills_usage = self._resume.next_month, self._resume.bills_usage
             for invoice in self.deal.invoices:  # collection carries on where the last run was
-                if invoice.status == "open":
+                if invoice.status in ("open", "disputed"):
                     self._collect_in_background(invoice, _due_at(invoice))
         for month in range(first_month, quote.term_months):
             if await self._billing_stopped():
@@ -419,7 +424,7 @@ class DealWorkflow:
             lambda: (
                 self._written_off
                 or (
-                    all(i.status != "open" for i in self.deal.invoices)
+                    all(i.status not in ("open", "disputed") for i in self.deal.invoices)
                     # Credit still held is owed to the customer: the deal waits for its refund.
                     and self.deal.customer_credit == 0
                 )
@@ -557,7 +562,9 @@ class DealWorkflow:
 
     def _collect_in_background(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning and, with a card on file, card charges for an open invoice."""
-        self._write_off_moments[invoice.number] = self.policy.write_off_at(due_at)
+        self._write_off_moments[invoice.number] = self._dunning_moment(
+            invoice, due_at, self.policy.write_off_days_after_due
+        )
         self._collections.append(asyncio.create_task(self.collect(invoice, due_at)))
         if self.deal.card_on_file is not None:
             self._collections.append(asyncio.create_task(self.charge_card(invoice, due_at)))
@@ -565,13 +572,12 @@ class DealWorkflow:
     async def collect(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning for one invoice: reminders on durable timers after the due date, then write-off."""
         policy = self.policy
-        settled = self._settled(invoice)
         levels = policy.reminder_days_after_due
         for level, days in enumerate(levels, start=1):
             if level <= invoice.reminders_sent:
                 continue  # sent in an earlier run of the deal
-            if await self._wait_until(
-                due_at + timedelta(days=days), settled, f"{invoice.number} reminder {level}"
+            if await self._wait_for_dunning(
+                invoice, due_at, days, f"{invoice.number} reminder {level}"
             ):
                 return
             await self._call(
@@ -586,7 +592,9 @@ class DealWorkflow:
                     level=level,
                     final_level=len(levels),
                     days_overdue=days,
-                    write_off_on=policy.write_off_at(due_at).date(),
+                    write_off_on=self._dunning_moment(
+                        invoice, due_at, policy.write_off_days_after_due
+                    ).date(),
                 ),
                 f"dunning reminder {level} for {invoice.number}",
             )
@@ -596,13 +604,32 @@ class DealWorkflow:
                 "collections",
                 f"{invoice.number}: level {level}, {days} days overdue",
             )
-        if await self._wait_until(
-            policy.write_off_at(due_at), settled, f"{invoice.number} write-off"
+        if await self._wait_for_dunning(
+            invoice, due_at, policy.write_off_days_after_due, f"{invoice.number} write-off"
         ):
             return
         await self.write_off(
             f"{invoice.number} unpaid {policy.write_off_days_after_due} days after due"
         )
+
+    def _dunning_moment(self, invoice: InvoiceView, due_at: datetime, days: int) -> datetime:
+        """`days` after the due date, not counting the time the invoice spent disputed."""
+        return due_at + timedelta(days=days, seconds=invoice.dunning_paused_seconds)
+
+    async def _wait_for_dunning(
+        self, invoice: InvoiceView, due_at: datetime, days: int, summary: str
+    ) -> bool:
+        """Wait for a dunning step; True if collecting the invoice is over. A dispute pauses the
+        wait, which then resumes for as long as it had left."""
+        over = self._settled(invoice)
+        while True:
+            moment = self._dunning_moment(invoice, due_at, days)
+            await self._wait_until(moment, over, summary)
+            if invoice.status != "disputed":
+                return over()
+            await workflow.wait_condition(lambda: invoice.status != "disputed" or self._written_off)
+            if self._written_off:
+                return True
 
     async def charge_card(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Card on file: charged on the due date, again after a soft decline. A hard decline, a
@@ -973,35 +1000,157 @@ class DealWorkflow:
         if reason is not None or invoice is None:
             self._refuse("issue_credit_note", note.issued_by, reason or "refused")
             return
-        to_credit = max(ZERO, note.amount - invoice.balance)
-        self._settle(invoice, credited=note.amount, paid=-to_credit)
+        await self._credit_invoice(
+            invoice, note.amount, note.reference, note.reason, note.issued_by
+        )
+
+    async def _credit_invoice(
+        self, invoice: InvoiceView, amount: Decimal, reference: str, reason: str, by: str
+    ) -> None:
+        """A credit note: the open balance first, the rest of what was paid to customer credit."""
+        to_credit = max(ZERO, amount - invoice.balance)
+        self._settle(invoice, credited=amount, paid=-to_credit)
         self.deal.customer_credit += to_credit
-        self.deal.credit_note_references.append(note.reference)
+        self.deal.credit_note_references.append(reference)
         self._refresh_balance()
         moved = f", {to_credit} of it to customer credit" if to_credit > 0 else ""
         self._record(
             "credit_note",
-            note.issued_by,
-            f"{note.amount} {invoice.currency} on {invoice.number}{moved} "
-            f"({invoice.status}): {note.reason}",
+            by,
+            f"{amount} {invoice.currency} on {invoice.number}{moved} ({invoice.status}): {reason}",
         )
         issued: CreditNoteIssued = await self._post(
             BillingActivities.issue_credit_note,
             CreditNoteRequest(
                 deal_id=self.deal_id,
                 invoice_number=invoice.number,
-                amount=note.amount,
+                amount=amount,
                 to_credit=to_credit,
                 currency=invoice.currency,
-                reference=note.reference,
-                reason=note.reason,
-                issued_by=note.issued_by,
+                reference=reference,
+                reason=reason,
+                issued_by=by,
                 issued_at=workflow.now(),
             ),
-            f"issue credit note {note.reference}",
+            f"issue credit note {reference}",
         )
         self._record("credit_note_issued", "billing", f"{issued.number} on {invoice.number}")
         await self._apply_held_credit()
+
+    @workflow.signal(
+        description="A customer disputes an invoice: a chargeback of a card payment (with "
+        "payment_reference; the gateway's webhook sends it) or an unpaid amount contested. Dunning "
+        'pauses. {"invoice_number": "INV-000001", "dispute_id": "dp_123", "amount": "500.00", '
+        '"reason": "fraudulent", "payment_reference": "pi_123"}'
+    )
+    async def open_dispute(self, payload: RawValue = NO_PAYLOAD) -> None:
+        opening = self._accept("open_dispute", payload, OpenDispute, (Stage.ACTIVE,))
+        if opening is None:
+            return
+        invoice = self._invoice(opening.invoice_number)
+        chargeback = opening.payment_reference
+        reason = None
+        if self._written_off:
+            reason = "collection has ended: the deal's unpaid invoices are written off"
+        elif any(d.dispute_id == opening.dispute_id for d in self.deal.disputes):
+            reason = f"dispute {opening.dispute_id} is already recorded; counted once"
+        elif invoice is None:
+            reason = self._unknown_invoice(opening.invoice_number)
+        elif invoice.status not in ("open", "paid"):
+            reason = f"{invoice.number} is {invoice.status}"
+        elif invoice.number in self._charging:
+            reason = f"the card on file is being charged for {invoice.number}; send again after it"
+        elif chargeback is not None and chargeback not in self.deal.payment_references:
+            reason = f"no payment {chargeback} was applied on this deal"
+        elif chargeback is not None and opening.amount > invoice.amount_paid:
+            reason = f"a chargeback of {opening.amount}, but {invoice.number} was paid {invoice.amount_paid}"
+        elif chargeback is None and opening.amount > invoice.balance:
+            reason = (
+                f"{opening.amount} exceeds the balance due of {invoice.number} ({invoice.balance})"
+            )
+        if reason is not None or invoice is None:
+            self._refuse("open_dispute", opening.by, reason or "refused")
+            return
+        if chargeback is not None:
+            invoice.amount_paid -= opening.amount  # the gateway took the money back
+        invoice.status = "disputed"
+        invoice.disputed_since = workflow.now()
+        self.deal.disputes.append(
+            DisputeView(
+                dispute_id=opening.dispute_id,
+                invoice_number=invoice.number,
+                amount=opening.amount,
+                payment_reference=chargeback,
+                reason=opening.reason,
+                opened_at=workflow.now(),
+            )
+        )
+        self._refresh_balance()
+        kind = f"chargeback of {chargeback}" if chargeback else "contested"
+        self._record("dispute_opened", opening.by,
+                     f"{opening.dispute_id} on {invoice.number}: {opening.amount} {kind}: "
+                     f"{opening.reason}")  # fmt: skip
+        await self._post(
+            BillingActivities.open_dispute,
+            DisputeOpening(
+                deal_id=self.deal_id,
+                dispute_id=opening.dispute_id,
+                invoice_number=invoice.number,
+                amount=opening.amount,
+                currency=invoice.currency,
+                payment_reference=chargeback,
+                reason=opening.reason,
+                opened_at=workflow.now(),
+            ),
+            f"open dispute {opening.dispute_id}",
+        )
+
+    @workflow.signal(
+        description="Close a dispute: won (the invoice stands; a chargeback's money returns) or "
+        'lost (its amount is credited). {"dispute_id": "dp_123", "outcome": "won"}'
+    )
+    async def close_dispute(self, payload: RawValue = NO_PAYLOAD) -> None:
+        closing = self._accept("close_dispute", payload, CloseDispute, (Stage.ACTIVE,))
+        if closing is None:
+            return
+        dispute = next((d for d in self.deal.disputes if d.dispute_id == closing.dispute_id), None)
+        if dispute is None or dispute.status != "open":
+            reason = (
+                f"no dispute {closing.dispute_id} on this deal"
+                if dispute is None
+                else f"dispute {closing.dispute_id} was already closed ({dispute.status})"
+            )
+            self._refuse("close_dispute", closing.by, reason)
+            return
+        invoice = self._invoice_of(dispute.invoice_number)
+        dispute.status = closing.outcome
+        dispute.closed_at = workflow.now()
+        if closing.outcome == "won" and dispute.payment_reference is not None:
+            invoice.amount_paid += dispute.amount  # the money comes back
+        since = invoice.disputed_since or workflow.now()
+        invoice.dunning_paused_seconds += int((workflow.now() - since).total_seconds())
+        invoice.disputed_since = None
+        self._settle(invoice)
+        if invoice.number in self._write_off_moments and invoice.due_at is not None:
+            self._write_off_moments[invoice.number] = self._dunning_moment(
+                invoice, invoice.due_at, self.policy.write_off_days_after_due
+            )
+        self._refresh_balance()
+        self._record("dispute_closed", closing.by,
+                     f"{dispute.dispute_id} on {invoice.number}: {closing.outcome}")  # fmt: skip
+        await self._post(
+            BillingActivities.close_dispute,
+            DisputeClosing(
+                deal_id=self.deal_id,
+                dispute_id=dispute.dispute_id,
+                outcome=closing.outcome,
+                closed_at=workflow.now(),
+            ),
+            f"close dispute {dispute.dispute_id}",
+        )
+        if closing.outcome == "lost":
+            await self._credit_invoice(invoice, dispute.amount, f"dispute:{dispute.dispute_id}",
+                                       f"dispute {dispute.dispute_id} lost", closing.by)  # fmt: skip
 
     @workflow.signal(
         description="Pay customer credit back to the customer. "
@@ -1251,7 +1400,7 @@ class DealWorkflow:
 
     def _refresh_balance(self) -> None:
         self.deal.balance_due = sum(
-            (i.balance for i in self.deal.invoices if i.status == "open"), ZERO
+            (i.balance for i in self.deal.invoices if i.status in ("open", "disputed")), ZERO
         )
 
     def _record(self, kind: str, actor: str, detail: str) -> None:

@@ -1,0 +1,127 @@
+"""Disputes: a chargeback through the gateway's webhook, and an invoice contested before payment.
+The invoice is `disputed`, dunning pauses, and the dispute ends won or lost."""
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine
+from temporalio.testing import WorkflowEnvironment
+
+from l2c.config import Settings
+from l2c.drill import free_port
+from l2c.gateway_sandbox import SandboxGateway
+from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, SALES_CREDITS
+from l2c.ledger_check import check_ledger
+from l2c.webhooks import sign, webhook_endpoint, webhook_url
+from models.deal import Stage
+from models.money import ZERO
+from tests.helpers import (
+    account_balances,
+    advance_until,
+    final_state,
+    pay_in_full,
+    quote_to_signature,
+    refusals,
+    refused_after,
+    signal,
+    start,
+    state_of,
+    wait_until,
+)
+
+SECRET = "whsec_test"
+VISA = {"customer": "cus_acme", "payment_method": "pm_card_visa"}
+
+
+async def post_event(url: str, kind: str, obj: dict[str, Any]) -> httpx.Response:
+    payload = json.dumps({"id": f"evt_{kind}", "type": kind, "data": {"object": obj}}).encode()
+    headers = {"Stripe-Signature": sign(SECRET, payload, int(time.time())),
+               "Content-Type": "application/json"}  # fmt: skip
+    return await asyncio.to_thread(httpx.post, url, content=payload, headers=headers, timeout=30)
+
+
+async def test_a_chargeback_lost_through_the_gateways_webhooks_voids_the_invoice(
+    ts_env: WorkflowEnvironment,
+    deal_worker: Settings,
+    sandbox_gateway: SandboxGateway,
+    sqlite_ledger: Engine,
+) -> None:
+    endpoint = webhook_endpoint(free_port(), SECRET, ts_env.client, sqlite_ledger)
+    endpoint.start()
+    sandbox_gateway.state.webhook = (webhook_url(endpoint), SECRET)
+    try:
+        handle = await start(ts_env.client, deal_worker.task_queue)
+        # Paid by card on its due date (day 30), well inside the 3-month term.
+        await quote_to_signature(handle, card_on_file=VISA, term_months=3,
+                                 billing_period="upfront")  # fmt: skip
+        paid = await advance_until(ts_env, handle, lambda s: s.invoices[0].status == "paid")
+        invoice, intent = paid.invoices[0], paid.payment_references[0]
+        dispute = {"id": "dp_1", "amount": int(invoice.amount * 100), "currency": "usd",
+                   "payment_intent": intent,
+                   "reason": "fraudulent", "status": "needs_response"}  # fmt: skip
+        url = webhook_url(endpoint)
+        opened = await post_event(url, "charge.dispute.created", dispute)
+        assert opened.status_code == 200, opened.text
+        state = await wait_until(handle, lambda s: s.invoices[0].status == "disputed")
+        assert state.invoices[0].amount_paid == ZERO and state.balance_due == invoice.amount
+        assert state.disputes[0].payment_reference == intent
+        # Delivered again: the deal counts the dispute once.
+        assert (await post_event(url, "charge.dispute.created", dispute)).status_code == 200
+        await wait_until(handle, lambda s: len(refusals(s, "open_dispute")) == 1)
+        unknown = {**dispute, "id": "dp_2", "payment_intent": "pi_nobody"}
+        assert (await post_event(url, "charge.dispute.created", unknown)).status_code == 404
+        closed = await post_event(url, "charge.dispute.closed", {**dispute, "status": "lost"})
+        assert closed.status_code == 200
+        final = await final_state(handle)
+    finally:
+        endpoint.stop()
+    assert final.stage == Stage.WON
+    assert final.invoices[0].status == "void"
+    assert final.invoices[0].amount_credited == invoice.amount
+    assert final.disputes[0].status == "lost"
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances.get(CASH, ZERO) == ZERO  # paid, then taken back
+    assert balances.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
+    assert balances[SALES_CREDITS] == invoice.amount
+    assert check_ledger(sqlite_ledger) == []
+
+
+async def test_a_contested_invoice_pauses_dunning_until_the_dispute_is_won(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    state = await quote_to_signature(handle, term_months=1, billing_period="upfront")
+    invoice = state.invoices[0]  # due in 30 days; reminders 1, 7, 14, 30 days after
+    assert "no payment pi_x" in await refused_after(handle, "open_dispute", {
+        "invoice_number": invoice.number, "dispute_id": "D-0", "amount": "1.00",
+        "reason": "x", "payment_reference": "pi_x"})  # fmt: skip
+    assert "exceeds the balance due" in await refused_after(handle, "open_dispute", {
+        "invoice_number": invoice.number, "dispute_id": "D-0", "amount": "999999.00",
+        "reason": "x"})  # fmt: skip
+    await signal(handle, "open_dispute", {"invoice_number": invoice.number, "dispute_id": "D-1",
+                                         "amount": str(invoice.amount),
+                                         "reason": "seats were never provisioned"})  # fmt: skip
+    await wait_until(handle, lambda s: s.invoices[0].status == "disputed")
+    await ts_env.sleep(timedelta(days=45))  # past the first two reminders' dates
+    state = await state_of(handle)
+    assert state.invoices[0].status == "disputed" and state.invoices[0].reminders_sent == 0
+    closed_at = (await state_of(handle)).events[-1].at
+    await signal(handle, "close_dispute", {"dispute_id": "D-1", "outcome": "won"})
+    state = await wait_until(handle, lambda s: s.invoices[0].status == "open")
+    assert "already closed (won)" in await refused_after(
+        handle, "close_dispute", {"dispute_id": "D-1", "outcome": "lost"}
+    )
+    # Dunning resumes where it paused: reminder 1 comes as long after the dispute as it had left.
+    state = await advance_until(ts_env, handle, lambda s: s.invoices[0].reminders_sent == 1,
+                                step=timedelta(days=1))  # fmt: skip
+    sent = next(e.at for e in state.events if e.kind == "dunning_reminder")
+    assert sent - closed_at > timedelta(days=15)
+    await pay_in_full(handle, state.invoices[0])
+    final = await final_state(handle)
+    assert final.stage == Stage.WON
+    assert final.disputes[0].status == "won"
+    assert check_ledger(sqlite_ledger) == []
