@@ -35,6 +35,7 @@ def build_activities(
         quotes.render_contract,
         quotes.record_signature,
         fulfilment.provision_order,
+        fulfilment.set_entitlements_active,
         billing.issue_invoice,
         billing.apply_payment,
         billing.apply_credit,

@@ -473,6 +473,7 @@ class BillingActivities:
             level=notice.level,
             final_level=notice.final_level,
             write_off_on=notice.write_off_on,
+            suspends_service=notice.suspends_service,
         )
         return self._mailer.send_once(
             key=f"{notice.deal_id}:dunning:{notice.invoice_number}:{notice.level}",

@@ -1,11 +1,11 @@
 """Order and provisioning: the order record and the customer's entitlements."""
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 from temporalio import activity
 
 from activities.quotes import quote_id_for
-from models.documents import OrderProvisioned, OrderRequest
+from models.documents import EntitlementChange, OrderProvisioned, OrderRequest
 from models.ledger import Entitlement, OrderRecord
 
 
@@ -32,3 +32,20 @@ class FulfilmentActivities:
                     session.add(Entitlement(order_id=order_id, sku=sku, quantity=quantity))
                 session.commit()
         return OrderProvisioned(order_id=order_id, entitlements=entitlements)
+
+    @activity.defn
+    def set_entitlements_active(self, change: EntitlementChange) -> None:
+        """Suspend or restore the order's entitlements (setting a state, so a retry is harmless);
+        the order's status says why."""
+        with Session(self._engine) as session:
+            order = session.get(OrderRecord, change.order_id, with_for_update=True)
+            if order is None or order.deal_id != change.deal_id:
+                raise ValueError(f"order {change.order_id} is not deal {change.deal_id}'s")
+            order.status = "provisioned" if change.active else "suspended"
+            session.add(order)
+            for entitlement in session.exec(
+                select(Entitlement).where(Entitlement.order_id == change.order_id)
+            ).all():
+                entitlement.active = change.active
+                session.add(entitlement)
+            session.commit()

@@ -175,6 +175,9 @@ class DunningConfig(_Strict):
     reminder_days_after_due: list[int] = Field(min_length=1)
     write_off_days_after_due: int = Field(ge=1)
     card_retry_days_after_due: list[int] = Field(default=[0, 3, 7], min_length=1)
+    # The reminder level (1-based) at which the customer's entitlements are suspended until the
+    # overdue invoices are paid; 0 never suspends.
+    suspend_at_level: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "DunningConfig":
@@ -183,6 +186,10 @@ class DunningConfig(_Strict):
             raise ValueError("reminder_days_after_due must be increasing and not negative")
         if self.write_off_days_after_due <= days[-1]:
             raise ValueError("write_off_days_after_due must come after the last reminder")
+        if self.suspend_at_level > len(days):
+            raise ValueError(
+                f"suspend_at_level {self.suspend_at_level} is beyond the {len(days)} reminder levels"
+            )
         card = self.card_retry_days_after_due
         if card != sorted(set(card)) or card[0] < 0 or card[-1] >= self.write_off_days_after_due:
             raise ValueError(
@@ -217,6 +224,7 @@ class PolicyConfig(_Strict):
             reminder_days_after_due=list(self.dunning.reminder_days_after_due),
             write_off_days_after_due=self.dunning.write_off_days_after_due,
             card_retry_days_after_due=list(self.dunning.card_retry_days_after_due),
+            suspend_at_level=self.dunning.suspend_at_level,
             activities=self.activities,
             month_seconds=self.clock.month_seconds,
         )

@@ -115,6 +115,7 @@ class DealPolicy(BaseModel):
     month_seconds: int = 0
     card_retry_days_after_due: list[int] = [0, 3, 7]
     continue_as_new_every_months: int = 12
+    suspend_at_level: int = 0
 
     def months_after(self, start: datetime, months: int) -> datetime:
         """A month boundary of this deal: calendar months, or compressed ones in a demo."""

@@ -127,6 +127,13 @@ class OrderRequest(BaseModel):
     requested_at: datetime
 
 
+class EntitlementChange(BaseModel):
+    deal_id: str
+    order_id: str
+    active: bool
+    reason: str
+
+
 class OrderProvisioned(BaseModel):
     order_id: str
     entitlements: dict[str, int]
@@ -265,6 +272,7 @@ class DunningNotice(BaseModel):
     final_level: int
     days_overdue: int
     write_off_on: date
+    suspends_service: bool = False  # this reminder's level suspends the customer's entitlements
 
 
 class NurtureTouch(BaseModel):

@@ -96,6 +96,7 @@ class DealState(BaseModel):
     refund_references: list[str] = Field(default_factory=list)
     credit_applications: int = 0
     disputes: list[DisputeView] = Field(default_factory=list)
+    entitlements_suspended: bool = False
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
     # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'

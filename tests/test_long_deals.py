@@ -26,6 +26,7 @@ from tests.helpers import (
     pay_in_full,
     quote_to_signature,
     start,
+    wait_until,
 )
 
 
@@ -44,7 +45,8 @@ async def test_a_monthly_deal_continues_as_new_and_carries_billing_and_dunning_a
     # 31-day months, a new run every 2 months; reminders 2 and 9 days after due, none at a month
     # boundary, so no two timers are due at once.
     rules = rules_with(tmp_path, month_seconds=31 * 24 * 3600, continue_as_new_every_months=2,
-                       reminder_days_after_due=[2, 9], write_off_days_after_due=40)  # fmt: skip
+                       reminder_days_after_due=[2, 9], write_off_days_after_due=40,
+                       suspend_at_level=2)  # fmt: skip
     async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
         handle = await start(ts_env.client, settings.task_queue)
         state = await quote_to_signature(handle, term_months=5)
@@ -54,7 +56,9 @@ async def test_a_monthly_deal_continues_as_new_and_carries_billing_and_dunning_a
         assert state.stage == Stage.ACTIVE
         assert [i.period_index for i in state.invoices] == [0, 1, 2]  # month 2 billed by run 2
         assert reminder_levels(state, first) == ["1", "2"]
+        assert state.entitlements_suspended  # at level 2, in run 1; run 2 restores it on payment
         await pay_in_full(handle, first)
+        await wait_until(handle, lambda s: not s.entitlements_suspended)
         second = state.invoices[1]  # due day 61; its first reminder (day 63) comes from run 2
         state = await advance_until(ts_env, handle, lambda s: s.invoices[1].reminders_sent == 1)
         await pay_in_full(handle, second)
@@ -116,7 +120,8 @@ async def test_card_retries_carry_on_across_runs_without_a_repeat(
     # Invoice 2 falls due on day 61; its card attempts (days 61, 64, 68) straddle the new run that
     # starts on day 62. Every attempt is declined for lack of funds, so each reaches the gateway.
     rules = rules_with(tmp_path, month_seconds=31 * 24 * 3600, continue_as_new_every_months=2,
-                       reminder_days_after_due=[2, 9], write_off_days_after_due=40)  # fmt: skip
+                       reminder_days_after_due=[2, 9], write_off_days_after_due=40,
+                       suspend_at_level=0)  # fmt: skip
     card = {"customer": "cus_acme", "payment_method": "pm_card_chargeDeclinedInsufficientFunds"}
     async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
         handle = await start(ts_env.client, settings.task_queue)

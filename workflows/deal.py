@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         DisputeClosing,
         DisputeOpening,
         DunningNotice,
+        EntitlementChange,
         InvoiceRequest,
         IssuedInvoice,
         NurtureTouch,
@@ -383,6 +384,10 @@ class DealWorkflow:
             for invoice in self.deal.invoices:  # collection carries on where the last run was
                 if invoice.status in ("open", "disputed"):
                     self._collect_in_background(invoice, _due_at(invoice))
+            if self.deal.entitlements_suspended:
+                self._collections.append(
+                    asyncio.create_task(self._restore_entitlements_when_paid())
+                )
         for month in range(first_month, quote.term_months):
             if await self._billing_stopped():
                 break
@@ -592,6 +597,8 @@ class DealWorkflow:
                     level=level,
                     final_level=len(levels),
                     days_overdue=days,
+                    suspends_service=level == policy.suspend_at_level
+                    and not self.deal.entitlements_suspended,
                     write_off_on=self._dunning_moment(
                         invoice, due_at, policy.write_off_days_after_due
                     ).date(),
@@ -604,12 +611,47 @@ class DealWorkflow:
                 "collections",
                 f"{invoice.number}: level {level}, {days} days overdue",
             )
+            if level == policy.suspend_at_level:
+                await self.suspend_entitlements(invoice)
         if await self._wait_for_dunning(
             invoice, due_at, policy.write_off_days_after_due, f"{invoice.number} write-off"
         ):
             return
         await self.write_off(
             f"{invoice.number} unpaid {policy.write_off_days_after_due} days after due"
+        )
+
+    async def suspend_entitlements(self, invoice: InvoiceView) -> None:
+        """Service stops while an invoice is this far overdue; it resumes once none is."""
+        if self.deal.entitlements_suspended or self._written_off:
+            return
+        self.deal.entitlements_suspended = True
+        self._record("entitlements_suspended", "collections",
+                     f"{invoice.number} reached reminder level {invoice.reminders_sent}")  # fmt: skip
+        await self._set_entitlements(active=False, reason=f"{invoice.number} overdue")
+        self._collections.append(asyncio.create_task(self._restore_entitlements_when_paid()))
+
+    async def _restore_entitlements_when_paid(self) -> None:
+        await workflow.wait_condition(lambda: self._written_off or not self._overdue_to_suspend())
+        if self._written_off:
+            return  # the deal ends; its service stays suspended
+        self.deal.entitlements_suspended = False
+        self._record("entitlements_restored", "collections", "no invoice is that overdue now")
+        await self._set_entitlements(active=True, reason="overdue invoices settled")
+
+    def _overdue_to_suspend(self) -> bool:
+        level = self.policy.suspend_at_level
+        return any(i.status == "open" and i.reminders_sent >= level for i in self.deal.invoices)
+
+    async def _set_entitlements(self, active: bool, reason: str) -> None:
+        assert self.deal.order_id is not None
+        # In decision order with the deal's postings: a restore never overtakes its suspension.
+        await self._post(
+            FulfilmentActivities.set_entitlements_active,
+            EntitlementChange(
+                deal_id=self.deal_id, order_id=self.deal.order_id, active=active, reason=reason
+            ),
+            "restore entitlements" if active else "suspend entitlements",
         )
 
     def _dunning_moment(self, invoice: InvoiceView, due_at: datetime, days: int) -> datetime:
