@@ -23,7 +23,7 @@ def build_activities(
     leads = LeadActivities(engine, rules, mailer)
     quotes = QuoteActivities(engine, rules)
     fulfilment = FulfilmentActivities(engine)
-    billing = BillingActivities(engine, mailer)
+    billing = BillingActivities(engine, mailer, rules.tax)
     revenue = RevenueActivities(engine)
     return [
         leads.load_deal_policy,

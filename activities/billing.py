@@ -8,6 +8,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from l2c.config import TaxTable
 from l2c.db import CREDIT_NOTE_SERIES, INVOICE_SERIES, take_next_number
 from l2c.documents import render, render_email
 from l2c.journal import (
@@ -18,6 +19,7 @@ from l2c.journal import (
     DEFERRED_REVENUE,
     REVENUE_USAGE,
     SALES_CREDITS,
+    TAX_PAYABLE,
     post_entry,
 )
 from l2c.mail import Mailer
@@ -49,7 +51,9 @@ from models.ledger import (
     RefundRecord,
     UsageChargeRecord,
 )
-from models.money import ZERO
+from models.money import ZERO, to_cents
+
+HUNDRED = Decimal(100)
 
 
 def _issued(session: Session, row: InvoiceRecord) -> IssuedInvoice:
@@ -125,10 +129,18 @@ def _customer_credit(session: Session, deal_id: str) -> Decimal:
     return sum((line.credit - line.debit for line in lines), ZERO)
 
 
+def _tax_share(invoice: InvoiceRecord, part: Decimal) -> Decimal:
+    """The tax inside `part` of the invoice's amount, in proportion."""
+    if invoice.amount <= 0 or invoice.tax_amount <= 0:
+        return ZERO
+    return to_cents(part * invoice.tax_amount / invoice.amount)
+
+
 class BillingActivities:
-    def __init__(self, engine: Engine, mailer: Mailer):
+    def __init__(self, engine: Engine, mailer: Mailer, tax: TaxTable | None = None):
         self._engine = engine
         self._mailer = mailer
+        self._tax = tax or TaxTable(rates={})  # no table: nothing is taxed
 
     def _find_invoice(
         self, session: Session, deal_id: str, billing_month: int
@@ -171,7 +183,11 @@ class BillingActivities:
             lines = [*(period.lines if period else []), *usage_lines]
             period_amount = period.amount if period else ZERO
             usage_amount = sum((line.amount for line in usage_lines), ZERO)
-            amount = period_amount + usage_amount
+            # Tax at the rate in force when the invoice is issued, rounded per line.
+            rate = self._tax.rate_for(request.lead)
+            taxes = [to_cents(line.amount * rate / HUNDRED) for line in lines]
+            tax = sum(taxes, ZERO)
+            amount = period_amount + usage_amount + tax
             number = f"{INVOICE_SERIES}-{take_next_number(session, INVOICE_SERIES):06d}"
             html = render(
                 "invoice.html",
@@ -179,6 +195,10 @@ class BillingActivities:
                 deal_id=request.deal_id,
                 lead=request.lead,
                 lines=lines,
+                taxes=taxes,
+                tax_rate=rate,
+                subtotal=amount - tax,
+                tax=tax,
                 amount=amount,
                 currency=request.currency,
                 issued_on=request.issued_on,
@@ -193,6 +213,7 @@ class BillingActivities:
                 period_index=period.index if period else None,
                 currency=request.currency,
                 amount=amount,
+                tax_amount=tax,
                 issued_on=request.issued_on,
                 due_date=request.due_date,
                 service_from=request.service_from,
@@ -201,7 +222,7 @@ class BillingActivities:
             )
             session.add(row)
             session.flush()
-            for line_no, line in enumerate(lines, start=1):
+            for line_no, (line, line_tax) in enumerate(zip(lines, taxes, strict=True), start=1):
                 session.add(
                     InvoiceLineRecord(
                         invoice_number=number,
@@ -211,6 +232,8 @@ class BillingActivities:
                         quantity=line.quantity,
                         unit_price=line.unit_price,
                         amount=line.amount,
+                        tax_rate=rate,
+                        tax_amount=line_tax,
                     )
                 )
             for charge in usage:
@@ -221,6 +244,7 @@ class BillingActivities:
                 credits = [
                     (DEFERRED_REVENUE, ZERO, period_amount),
                     (REVENUE_USAGE, ZERO, usage_amount),
+                    (TAX_PAYABLE, ZERO, tax),
                 ]
                 post_entry(
                     session,
@@ -330,6 +354,7 @@ class BillingActivities:
                     f"to credit does not fit {invoice.number} (balance {balance})"
                 )
             number = f"{CREDIT_NOTE_SERIES}-{take_next_number(session, CREDIT_NOTE_SERIES):06d}"
+            credited_tax = _tax_share(invoice, request.amount)
             invoice.amount_credited += request.amount
             if request.to_credit > 0:
                 # The payment stays; the part the invoice no longer needs moves to credit.
@@ -350,7 +375,9 @@ class BillingActivities:
                 posted_at=request.issued_at,
                 lines=_nonzero(
                     [
-                        (SALES_CREDITS, request.amount, ZERO),
+                        # The tax in the credited amount is no longer owed to the tax authority.
+                        (TAX_PAYABLE, credited_tax, ZERO),
+                        (SALES_CREDITS, request.amount - credited_tax, ZERO),
                         (ACCOUNTS_RECEIVABLE, ZERO, off_balance),
                         (CUSTOMER_CREDIT, ZERO, request.to_credit),
                     ]
@@ -527,18 +554,26 @@ class BillingActivities:
             deferred_balance = sum((ln.credit - ln.debit for ln in deferred_lines), ZERO)
             # Usage billed in arrears was never deferred: unpaid, it is bad debt. Only the unpaid
             # part of what was billed in advance can still be undelivered.
+            # The tax in what is never paid is reclaimed from the tax authority (bad-debt relief).
+            unpaid_tax = sum(
+                (_tax_share(i, i.amount - i.amount_credited - i.amount_paid)
+                 for i in unpaid_invoices), ZERO)  # fmt: skip
             in_advance = sum(
-                (min(i.amount - i.amount_credited - i.amount_paid,
-                     i.amount - _usage_billed(session, i.number)) for i in unpaid_invoices),
+                (min(i.amount - i.amount_credited - i.amount_paid - _tax_share(
+                         i, i.amount - i.amount_credited - i.amount_paid),
+                     i.amount - i.tax_amount - _usage_billed(session, i.number))
+                 for i in unpaid_invoices),
                 ZERO,
             )  # fmt: skip
             reversal = max(ZERO, min(in_advance, deferred_balance))
-            bad_debt = unpaid - reversal
+            bad_debt = unpaid - unpaid_tax - reversal
             for invoice in unpaid_invoices:
                 invoice.status = "uncollectible"
                 session.add(invoice)
             if unpaid > 0:
                 lines_to_post = [(ACCOUNTS_RECEIVABLE, ZERO, unpaid)]
+                if unpaid_tax > 0:
+                    lines_to_post.append((TAX_PAYABLE, unpaid_tax, ZERO))
                 if reversal > 0:
                     lines_to_post.append((DEFERRED_REVENUE, reversal, ZERO))
                 if bad_debt > 0:

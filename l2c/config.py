@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.deal import TASK_QUEUE, ActivityTiming, DealPolicy
+from models.deal import TASK_QUEUE, ActivityTiming, DealPolicy, LeadInput
 from models.validation import explain
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -230,10 +230,37 @@ class PolicyConfig(_Strict):
         )
 
 
+# ---------------------------------------------------------------- tax
+
+
+class TaxTable(_Strict):
+    rates: dict[str, Decimal]  # country (ISO alpha-2) -> percent
+    exempt_accounts: list[str] = Field(default_factory=list)  # e-mail domains
+
+    @model_validator(mode="after")
+    def _valid(self) -> "TaxTable":
+        for country, rate in self.rates.items():
+            if len(country) != 2 or not country.isalpha() or not country.isupper():
+                raise ValueError(f"{country!r} is not an ISO 3166 alpha-2 country code like GB")
+            if not (0 <= rate <= 100) or rate != rate.quantize(Decimal("0.01")):
+                raise ValueError(
+                    f"{country}: a rate is a percent from 0 to 100, at most 2 decimals"
+                )
+        return self
+
+    def rate_for(self, lead: LeadInput) -> Decimal:
+        """The percent taxed on this customer's invoice lines."""
+        domain = lead.contact_email.rsplit("@", 1)[-1].lower()
+        if getattr(lead, "tax_exempt", False) is True or domain in self.exempt_accounts:
+            return Decimal(0)
+        return self.rates.get(lead.country, Decimal(0))
+
+
 class BusinessRules(BaseModel):
     catalog: Catalog
     approvals: ApprovalMatrix
     policy: PolicyConfig
+    tax: TaxTable = TaxTable(rates={})
 
 
 def _load_toml(path: Path, model: type[BaseModel]) -> Any:
@@ -255,6 +282,7 @@ def load_business_rules(config_dir: Path | None = None) -> BusinessRules:
         catalog=_load_toml(folder / "catalog.toml", Catalog),
         approvals=_load_toml(folder / "approvers.toml", ApprovalMatrix),
         policy=_load_toml(folder / "policy.toml", PolicyConfig),
+        tax=_load_toml(folder / "tax.toml", TaxTable),
     )
 
 

@@ -10,6 +10,7 @@ from models.money import ZERO
 
 CASH = "1000"
 ACCOUNTS_RECEIVABLE = "1100"
+TAX_PAYABLE = "2200"
 CUSTOMER_CREDIT = "2300"
 DEFERRED_REVENUE = "2400"
 REVENUE_SUBSCRIPTION = "4000"
@@ -21,6 +22,7 @@ BAD_DEBT_EXPENSE = "6100"
 ACCOUNT_NAMES = {
     CASH: "Cash",
     ACCOUNTS_RECEIVABLE: "Accounts receivable",
+    TAX_PAYABLE: "Tax payable",
     CUSTOMER_CREDIT: "Customer credit",
     DEFERRED_REVENUE: "Deferred revenue",
     REVENUE_SUBSCRIPTION: "Subscription revenue",

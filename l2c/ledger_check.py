@@ -71,7 +71,7 @@ def check_ledger(engine: Engine) -> list[str]:
     # Invoice lines add up to the invoice.
     line_totals: dict[str, Decimal] = defaultdict(lambda: ZERO)
     for line in invoice_lines:
-        line_totals[line.invoice_number] += line.amount
+        line_totals[line.invoice_number] += line.amount + line.tax_amount
     for invoice in invoices:
         if line_totals[invoice.number] != invoice.amount:
             problems.append(

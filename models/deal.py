@@ -59,6 +59,7 @@ class LeadInput(BaseModel):
     country: str = Field(min_length=2, max_length=2)
     employees: int | None = Field(default=None, ge=1, le=10_000_000)
     currency: CurrencyCode = "USD"
+    tax_exempt: bool = False  # e.g. a reseller: its invoices carry no tax (see config/tax.toml)
 
     @field_validator("contact_email")
     @classmethod

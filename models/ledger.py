@@ -162,7 +162,8 @@ class InvoiceRecord(SQLModel, table=True):
     billing_month: int  # the month boundary it was issued at (0 = activation): one invoice each
     period_index: int | None = None  # the billing period it bills in advance; None: usage only
     currency: str = Field(max_length=3)
-    amount: Decimal = money()
+    amount: Decimal = money()  # what is due: the lines and their tax
+    tax_amount: Decimal = money(default=Decimal("0.00"))
     amount_paid: Decimal = money(default=Decimal("0.00"))  # payments and customer credit applied
     amount_credited: Decimal = money(default=Decimal("0.00"))  # credit notes
     status: str = Field(default="open", max_length=20)  # open, paid, void, uncollectible
@@ -181,7 +182,9 @@ class InvoiceLineRecord(SQLModel, table=True):
     description: str = Field(max_length=200)
     quantity: int
     unit_price: Decimal = money()
-    amount: Decimal = money()
+    amount: Decimal = money()  # before tax
+    tax_rate: Decimal = money(default=Decimal("0.00"))  # percent
+    tax_amount: Decimal = money(default=Decimal("0.00"))
 
 
 class PaymentRecordRow(SQLModel, table=True):

@@ -1,0 +1,83 @@
+"""Tax per invoice line from config/tax.toml by the customer's country; exempt customers."""
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from temporalio.testing import WorkflowEnvironment
+
+from l2c.config import ConfigError, Settings, load_business_rules
+from l2c.drill import drill_config
+from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, REVENUE_SUBSCRIPTION, SALES_CREDITS, TAX_PAYABLE
+from l2c.ledger_check import check_ledger
+from models.deal import Stage
+from models.ledger import InvoiceLineRecord, InvoiceRecord
+from models.money import ZERO
+from tests.helpers import (
+    account_balances,
+    final_state,
+    pay_in_full,
+    quote_to_signature,
+    signal,
+    start,
+    wait_until,
+)
+
+
+async def test_a_uk_customer_pays_vat_on_each_line_and_a_credit_note_takes_its_share(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue, country="GB", currency="GBP",
+                         contact_email="ada@acme.example")  # fmt: skip
+    state = await quote_to_signature(handle, term_months=1, billing_period="upfront",
+                                     lines=[{"sku": "PLATFORM", "quantity": 10},
+                                            {"sku": "ONBOARDING", "quantity": 1}])  # fmt: skip
+    invoice = state.invoices[0]
+    # 10 seats x 40.00 + onboarding 2,000.00 = 2,400.00 net; 20% VAT per line.
+    assert invoice.amount == Decimal("2880.00")
+    with Session(sqlite_ledger) as session:
+        record = session.get(InvoiceRecord, invoice.number)
+        assert record is not None and record.tax_amount == Decimal("480.00")
+        lines = session.exec(select(InvoiceLineRecord).where(
+            InvoiceLineRecord.invoice_number == invoice.number)).all()  # fmt: skip
+        assert [(ln.amount, ln.tax_rate, ln.tax_amount) for ln in lines] == [
+            (Decimal("400.00"), Decimal("20.00"), Decimal("80.00")),
+            (Decimal("2000.00"), Decimal("20.00"), Decimal("400.00"))]  # fmt: skip
+        assert "Tax (20" in record.html
+    await signal(handle, "issue_credit_note", {"invoice_number": invoice.number, "amount": "120.00",
+                                              "reason": "late start", "reference": "CN-1",
+                                              "issued_by": "fay.finance"})  # fmt: skip
+    state = await wait_until(handle, lambda s: s.invoices[0].amount_credited > 0)
+    await pay_in_full(handle, state.invoices[0])
+    final = await final_state(handle)
+    assert final.stage == Stage.WON
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[CASH] == Decimal("2760.00")
+    assert balances.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
+    assert -balances[TAX_PAYABLE] == Decimal("480.00") - Decimal("20.00")  # 120 gross = 100 + 20
+    assert balances[SALES_CREDITS] == Decimal("100.00")
+    assert -balances[REVENUE_SUBSCRIPTION] == Decimal("400.00")
+    assert check_ledger(sqlite_ledger) == []
+
+
+async def test_an_exempt_customer_is_not_taxed(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue, country="GB", currency="GBP",
+                         tax_exempt=True)  # fmt: skip
+    state = await quote_to_signature(handle, term_months=1, billing_period="upfront")
+    assert state.invoices[0].amount == Decimal("400.00")
+    await pay_in_full(handle, state.invoices[0])
+    assert (await final_state(handle)).stage == Stage.WON
+
+
+def test_a_bad_tax_table_is_refused_at_start_with_the_file_and_the_reason(tmp_path: Path) -> None:
+    folder = drill_config(tmp_path / "config")
+    (folder / "tax.toml").write_text('[rates]\ngb = "20"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"tax\.toml.*'gb'"):
+        load_business_rules(folder)
+    (folder / "tax.toml").write_text('[rates]\nGB = "120"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="a rate is a percent from 0 to 100"):
+        load_business_rules(folder)
