@@ -11,6 +11,8 @@ gateway retries until it sees a 2xx) is refused by the deal with its reason and 
 `open_dispute` and `close_dispute`. A dispute names only the payment intent it takes back, so the
 deal and invoice are found from the payment in the ledger; one not recorded yet gets 404, and the
 gateway sends the event again later.
+`envelope.completed`, from the e-signature provider (signed the same way, with the same secret),
+becomes `sign_contract`: the deal checks the signed document's SHA-256 against the contract it sent.
 Event types the deal has no use for are acknowledged and ignored, as the gateway expects.
 """
 
@@ -80,6 +82,8 @@ def deal_signal(
     kind = event.get("type")
     if kind in ("charge.dispute.created", "charge.dispute.closed"):
         return _dispute_signal(event, find_payment)
+    if kind == "envelope.completed":
+        return _signature_signal(event)
     if kind != "payment_intent.succeeded":
         return None
     data = event.get("data")
@@ -141,6 +145,34 @@ def _dispute_signal(
         return None  # e.g. warning_closed: no funds moved, nothing for the deal
     return deal_id, "close_dispute", {
         "dispute_id": dispute["id"], "outcome": dispute["status"], "by": "gateway"}  # fmt: skip
+
+
+def _signature_signal(event: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    data = event.get("data")
+    envelope = data.get("object") if isinstance(data, dict) else None
+    signer = envelope.get("signer") if isinstance(envelope, dict) else None
+    metadata = envelope.get("metadata") if isinstance(envelope, dict) else None
+    if (
+        not isinstance(envelope, dict)
+        or not isinstance(signer, dict)
+        or not isinstance(metadata, dict)
+        or not isinstance(metadata.get("deal_id"), str)
+        or not all(isinstance(signer.get(k), str) for k in ("name", "email"))
+        or not isinstance(envelope.get("document_sha256"), str)
+    ):
+        raise ValueError(
+            "envelope.completed needs data.object.document_sha256, signer.name, signer.email "
+            "and metadata.deal_id"
+        )
+    return (
+        metadata["deal_id"],
+        "sign_contract",
+        {
+            "signer_name": signer["name"][:100],
+            "signer_email": signer["email"][:254],
+            "document_sha256": envelope["document_sha256"][:64],
+        },
+    )
 
 
 def ledger_payment_lookup(engine: Engine) -> PaymentLookup:

@@ -18,6 +18,7 @@ from l2c.gateway import ChargeRequest, PaymentGateway
 from l2c.gateway_sandbox import SandboxGateway
 from l2c.local_http import BackgroundServer
 from l2c.webhooks import WebhookRefused, sign, verify, webhook_endpoint, webhook_url
+from models.deal import Stage
 from tests.helpers import quote_to_signature, refusals, start, state_of, wait_until
 
 SECRET = "whsec_test"
@@ -145,3 +146,34 @@ async def test_unreadable_requests_get_a_reason_not_a_dropped_connection(
     assert odd.status_code == 401
     squared = await post(webhook_url(endpoint), BODY, "t=\u00b2,v1=00".encode())
     assert squared.status_code == 401
+
+
+async def test_a_completed_e_signature_envelope_signs_the_contract(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, endpoint: BackgroundServer
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_until(handle, lambda s: s.stage == Stage.QUALIFIED)
+    await handle.signal("submit_quote", {"submitted_by": "nora.na", "term_months": 12,
+                                        "lines": [{"sku": "PLATFORM", "quantity": 10}]})  # fmt: skip
+    state = await wait_until(handle, lambda s: s.stage == Stage.AWAITING_SIGNATURE)
+    assert state.contract is not None
+
+    def envelope(sha256: str) -> bytes:
+        return json.dumps({"id": "evt_env", "type": "envelope.completed", "data": {"object": {
+            "id": "env_1", "document_sha256": sha256, "metadata": {"deal_id": handle.id},
+            "signer": {"name": "Ada Lovelace", "email": "ada@acme.example"}}}}).encode()  # fmt: skip
+
+    # A document other than the one sent is refused by the deal, with the reason.
+    wrong = envelope("0" * 64)
+    response = await post(webhook_url(endpoint), wrong, sign(SECRET, wrong, int(time.time())))
+    assert response.status_code == 200
+    refused = await wait_until(handle, lambda s: len(refusals(s, "sign_contract")) == 1)
+    assert "does not match" in refusals(refused, "sign_contract")[0]
+    right = envelope(state.contract.document_sha256)
+    response = await post(webhook_url(endpoint), right, sign(SECRET, right, int(time.time())))
+    assert response.status_code == 200 and response.json()["signal"] == "sign_contract"
+    signed = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE)
+    assert signed.contract is not None and signed.contract.signed_by == "Ada Lovelace"
+    bad = b'{"type": "envelope.completed", "data": {"object": {"id": "env_2"}}}'
+    response = await post(webhook_url(endpoint), bad, sign(SECRET, bad, int(time.time())))
+    assert response.status_code == 400 and "document_sha256" in response.json()["error"]
