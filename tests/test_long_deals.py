@@ -1,6 +1,8 @@
 """Long deals: the workflow continues as new at billing-period boundaries, carrying its state, so
 each run's history stays small while invoices, dunning and payments carry on across runs."""
 
+import json
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from l2c.gateway_sandbox import SandboxGateway
 from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, DEFERRED_REVENUE
 from l2c.ledger_check import check_ledger
 from l2c.runtime import build_worker
+from l2c.usage import ingest_usage
 from models.deal import Stage
 from models.money import ZERO
 from models.search import DEAL_OWNER, DEAL_STAGE
@@ -143,3 +146,36 @@ async def test_card_retries_carry_on_across_runs_without_a_repeat(
         k for k in sandbox_gateway.state.responses if k.startswith(f"l2c-charge-{second.number}-")
     ]
     assert sorted(keys) == [f"l2c-charge-{second.number}-series-{n}" for n in (1, 2, 3)]
+
+
+async def test_a_24_month_subscription_with_usage_runs_in_two_runs_and_bills_all_of_it(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine, rules: BusinessRules
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    state = await quote_to_signature(handle, term_months=24, lines=[
+        {"sku": "PLATFORM", "quantity": 10}, {"sku": "API_CALLS", "quantity": 100}])  # fmt: skip
+    assert state.activated_at is not None and state.policy is not None
+    month = [state.policy.months_after(state.activated_at, m) for m in range(25)]
+    # Usage above the 100-thousand commitment in month 13 (the first of run 2) and month 24.
+    events = [(f"u{m}", month[m - 1] + timedelta(days=1), 150_000) for m in (13, 24)]
+    lines = [json.dumps({"id": i, "deal_id": handle.id, "sku": "API_CALLS", "quantity": q,
+                         "occurred_at": at.isoformat()}) for i, at, q in events]  # fmt: skip
+    assert ingest_usage(sqlite_ledger, lines, rules.catalog).accepted == 2
+    for n in range(25):
+        state = await advance_until(ts_env, handle, lambda s, n=n: len(s.invoices) > n,
+                                    step=timedelta(days=5))  # fmt: skip
+        await pay_in_full(handle, state.invoices[n])
+    final = await final_state(handle)
+
+    assert final.stage == Stage.WON and final.run == 2
+    assert len(final.invoices) == 25  # 24 months in advance, the last month's usage after
+    overage = Decimal("75.00")  # 50 thousand calls at 1.50 per thousand
+    amounts = [i.amount for i in final.invoices]
+    assert amounts[13] == Decimal("700.00") + overage  # month 13's usage, billed by run 2
+    assert amounts[24] == overage and final.invoices[24].period_index is None
+    assert sum(amounts, ZERO) == Decimal("700.00") * 24 + overage * 2
+    assert final.revenue_recognized == sum(amounts, ZERO)
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[CASH] == sum(amounts, ZERO)
+    assert balances.get(DEFERRED_REVENUE, ZERO) == ZERO
+    assert check_ledger(sqlite_ledger) == []
