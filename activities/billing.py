@@ -35,6 +35,7 @@ from models.documents import (
     InvoiceRequest,
     IssuedInvoice,
     PaymentRecord,
+    ProrationCredit,
     RefundRequest,
     WriteOffRequest,
     WriteOffResult,
@@ -174,14 +175,17 @@ class BillingActivities:
                 return _issued(session, existing)
             usage = bill_usage(session, request.deal_id, request.usage) if request.usage else []
             usage_lines = [charge.line for charge in usage if charge.line is not None]
-            if period is None and not usage_lines:
+            if period is None and not usage_lines and not request.adjustments:
                 # Usage within the commitment: remembered as billed, so it is not looked at again.
                 for charge in usage:
                     session.add(charge.record)
                 session.commit()
                 return None
-            lines = [*(period.lines if period else []), *usage_lines]
-            period_amount = period.amount if period else ZERO
+            lines = [*(period.lines if period else []), *request.adjustments, *usage_lines]
+            # Billed in advance (deferred until delivered): the period and its adjustments.
+            period_amount = (period.amount if period else ZERO) + sum(
+                (line.amount for line in request.adjustments), ZERO
+            )
             usage_amount = sum((line.amount for line in usage_lines), ZERO)
             # Tax at the rate in force when the invoice is issued, rounded per line.
             rate = self._tax.rate_for(request.lead)
@@ -458,6 +462,25 @@ class BillingActivities:
             _settle_status(invoice)
             session.add(dispute)
             session.add(invoice)
+            session.commit()
+
+    @activity.defn
+    def credit_proration(self, credit: ProrationCredit) -> None:
+        """Service paid in advance and no longer delivered (fewer seats), returned as customer
+        credit once per key: Dr deferred revenue, Cr customer credit."""
+        with Session(self._engine) as session:
+            post_entry(
+                session,
+                entry_key=f"{credit.deal_id}:proration:{credit.key}",
+                deal_id=credit.deal_id,
+                currency=credit.currency,
+                memo=f"Proration credit {credit.key}",
+                posted_at=credit.credited_at,
+                lines=[
+                    (DEFERRED_REVENUE, credit.amount, ZERO),
+                    (CUSTOMER_CREDIT, ZERO, credit.amount),
+                ],
+            )
             session.commit()
 
     @activity.defn

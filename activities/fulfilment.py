@@ -5,7 +5,15 @@ from sqlmodel import Session, select
 from temporalio import activity
 
 from activities.quotes import quote_id_for
-from models.documents import EntitlementChange, OrderProvisioned, OrderRequest
+from l2c import pricing
+from models.documents import (
+    EntitlementChange,
+    InvoiceLinePlan,
+    OrderProvisioned,
+    OrderRequest,
+    QuantityChanged,
+    QuantityChangeRequest,
+)
 from models.ledger import Entitlement, OrderRecord
 
 
@@ -49,3 +57,31 @@ class FulfilmentActivities:
                 entitlement.active = change.active
                 session.add(entitlement)
             session.commit()
+
+    @activity.defn
+    def change_quantity(self, change: QuantityChangeRequest) -> QuantityChanged:
+        """A recurring line's quantity changes now: the entitlement follows, the plan is re-priced
+        at the locked prices, and the rest of the period under way is prorated."""
+        plan = pricing.change_quantity(change.quote, change.sku, change.quantity)
+        amount = pricing.proration(change.quote, plan, change.sku, change.period_months,
+                                   change.remaining)  # fmt: skip
+        before = next(line.quantity for line in change.quote.lines if line.sku == change.sku)
+        with Session(self._engine) as session:
+            entitlement = session.get(Entitlement, (change.order_id, change.sku))
+            if entitlement is not None:
+                entitlement.quantity = change.quantity
+                session.add(entitlement)
+                session.commit()
+        line = None
+        if amount > 0:
+            name = next(line.name for line in plan.lines if line.sku == change.sku)
+            line = InvoiceLinePlan(
+                sku=change.sku,
+                description=f"{name}: {before} -> {change.quantity} on "
+                f"{change.changed_at.date().isoformat()}, prorated for the rest of the period",
+                quantity=1,
+                unit_price=amount,
+                amount=amount,
+            )
+        recognition = pricing.spread(amount, change.months_left)
+        return QuantityChanged(quote=plan, proration=amount, line=line, recognition=recognition)

@@ -232,3 +232,48 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
         billing_plan=billing_plan(lines, submission.billing_period, submission.term_months),
     )
     return QuotePricing(quote=quote, approval=approval)
+
+
+def change_quantity(quote: Quote, sku: str, quantity: int) -> Quote:
+    """The quote with one recurring line at a new quantity, at the unit price and discount the
+    signed quote locked, its billing plan rebuilt; the deal bills its later periods from this."""
+    keep = (HUNDRED - quote.discount_percent) / HUNDRED
+    lines = []
+    for line in quote.lines:
+        if line.sku == sku:
+            if line.kind != "recurring" or line.monthly_list is None:
+                raise QuoteRefused(f"{sku} is not a recurring line")
+            monthly_list = to_cents(line.monthly_list / line.quantity * quantity)
+            monthly_net = to_cents(monthly_list * keep)
+            line = line.model_copy(update={
+                "quantity": quantity, "monthly_list": monthly_list, "monthly_net": monthly_net,
+                "list_amount": monthly_list * quote.term_months,
+                "net_amount": monthly_net * quote.term_months})  # fmt: skip
+        lines.append(line)
+    return quote.model_copy(
+        update={
+            "lines": lines,
+            "list_total": sum((line.list_amount for line in lines), ZERO),
+            "net_total": sum((line.net_amount for line in lines), ZERO),
+            "monthly_recurring_net": sum((line.monthly_net or ZERO for line in lines), ZERO),
+            "billing_plan": billing_plan(lines, quote.billing_period, quote.term_months),
+        }
+    )
+
+
+def proration(old: Quote, new: Quote, sku: str, months: int, remaining: Decimal) -> Decimal:
+    """What a quantity change costs (or, negative, returns) for the rest of a billing period of
+    `months` months already invoiced, `remaining` (0..1) of which is still to come."""
+    before = next(line.monthly_net for line in old.lines if line.sku == sku) or ZERO
+    after = next(line.monthly_net for line in new.lines if line.sku == sku) or ZERO
+    return to_cents((after - before) * months * remaining)
+
+
+def spread(amount: Decimal, months: list[int]) -> dict[int, Decimal]:
+    """`amount` in equal monthly parts to the cent, the last part taking the rounding."""
+    if not months:
+        return {}
+    share = to_cents(amount / len(months))
+    parts = dict.fromkeys(months, share)
+    parts[months[-1]] = amount - share * (len(months) - 1)
+    return parts

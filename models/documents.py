@@ -134,6 +134,33 @@ class EntitlementChange(BaseModel):
     reason: str
 
 
+class QuantityChangeRequest(BaseModel):
+    deal_id: str
+    order_id: str
+    quote: Quote  # the plan in force
+    sku: str
+    quantity: int
+    period_months: int  # the billing period under way, already invoiced
+    remaining: Decimal  # the part of it still to come, 0..1
+    months_left: list[int]  # the month ends (1-based) left in it, which deliver the proration
+    changed_at: datetime
+
+
+class QuantityChanged(BaseModel):
+    quote: Quote  # the plan from now on
+    proration: Decimal  # > 0: billed on the next invoice; < 0: held as customer credit
+    line: InvoiceLinePlan | None  # the proration as an invoice line
+    recognition: dict[int, Decimal]  # month end -> part of the proration it recognizes
+
+
+class ProrationCredit(BaseModel):
+    deal_id: str
+    key: str
+    amount: Decimal  # > 0: unused service paid in advance, returned as customer credit
+    currency: str
+    credited_at: datetime
+
+
 class OrderProvisioned(BaseModel):
     order_id: str
     entitlements: dict[str, int]
@@ -167,6 +194,8 @@ class InvoiceRequest(BaseModel):
     billing_month: int
     period: BillingPeriodPlan | None  # the billing period invoiced in advance, if one starts here
     usage: UsageBilling | None = None
+    # Billed in advance with the period, e.g. the proration of a quantity change.
+    adjustments: list[InvoiceLinePlan] = []
     currency: str
     issued_on: date
     due_date: date

@@ -99,6 +99,14 @@ class IssueCreditNote(_Payload):
     issued_by: Name
 
 
+class ChangeQuantity(_Payload):
+    sku: Annotated[
+        str, StringConstraints(strip_whitespace=True, to_upper=True, min_length=1, max_length=40)
+    ]
+    quantity: int = Field(gt=0, le=1_000_000)
+    by: Name = "ops"
+
+
 class OpenDispute(_Payload):
     invoice_number: InvoiceNumber
     dispute_id: Name

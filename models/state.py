@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from models.deal import DealPolicy, LeadInput, Stage
-from models.documents import Quote
+from models.documents import InvoiceLinePlan, Quote
 from models.signals import CardOnFile
 
 InvoiceStatus = Literal["open", "paid", "void", "uncollectible", "disputed"]
@@ -97,6 +97,12 @@ class DealState(BaseModel):
     credit_applications: int = 0
     disputes: list[DisputeView] = Field(default_factory=list)
     entitlements_suspended: bool = False
+    # Quantity changes: the plan in force (None: the signed quote), what each month end recognizes
+    # (month number -> amount), and prorations waiting for the next invoice.
+    current_plan: Quote | None = None
+    recognition_schedule: dict[int, Decimal] = Field(default_factory=dict)
+    pending_adjustments: list[InvoiceLinePlan] = Field(default_factory=list)
+    quantity_changes: int = 0
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
     # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'

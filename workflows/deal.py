@@ -45,6 +45,9 @@ with workflow.unsafe.imports_passed_through():
         NurtureTouch,
         OrderRequest,
         PaymentRecord,
+        ProrationCredit,
+        QuantityChanged,
+        QuantityChangeRequest,
         Quote,
         QuoteRequest,
         RefundRequest,
@@ -57,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from models.search import DEAL_AMOUNT, DEAL_OWNER, DEAL_STAGE
     from models.signals import (
         ApproveDiscount,
+        ChangeQuantity,
         CloseDispute,
         DeclineContract,
         IssueCreditNote,
@@ -166,6 +170,9 @@ class DealWorkflow:
         self._written_off = False
         self._billing_step_running = False
         self._month_end_due: datetime | None = None  # the month end the billing loop waits for
+        self._month = 0  # the month of the term under way (0-based)
+        self._recognized_through = 0  # month ends recognized so far
+        self._changing_quantity = False
         self._collections: list[asyncio.Task[None]] = []
         self._write_off_moments: dict[str, datetime] = {}  # invoice number -> write-off moment
         self._charging: set[str] = set()  # invoices whose card charge is under way
@@ -367,7 +374,6 @@ class DealWorkflow:
         self._set_stage(Stage.ACTIVE)
         activated_at = self.deal.activated_at
         assert activated_at is not None
-        periods = {period.start_month: period for period in quote.billing_plan}
         self._cash_application = workflow.patched(CASH_APPLICATION)
         if self._resume is None:
             first_month = 0
@@ -388,15 +394,19 @@ class DealWorkflow:
                 self._collections.append(
                     asyncio.create_task(self._restore_entitlements_when_paid())
                 )
+        self._recognized_through = first_month
         for month in range(first_month, quote.term_months):
+            self._month = month
             if await self._billing_stopped():
                 break
             if month > first_month and self._time_for_a_new_run(month - first_month):
                 await self._continue_as_new(month, bills_usage)
                 break  # only reached when a write-off began meanwhile
-            period = periods.get(month)
-            if period is not None or (bills_usage and month > 0):
-                await self.issue_invoice(quote, month, period, activated_at, bills_usage)
+            # The plan in force: the signed quote, or as a quantity change re-priced it.
+            plan = self._plan()
+            period = next((p for p in plan.billing_plan if p.start_month == month), None)
+            if period is not None or (bills_usage and month > 0) or self.deal.pending_adjustments:
+                await self.issue_invoice(plan, month, period, activated_at, bills_usage)
             if month == 0 and quote.one_time_net > 0:
                 # Point in time: the one-time service is delivered once provisioning completes.
                 self._billing_step_running = True
@@ -411,20 +421,23 @@ class DealWorkflow:
             )
             if workflow.now() < month_end:
                 break  # written off before this month was delivered
-            if quote.monthly_recurring_net > 0:
+            # What this month delivered: its share of the period billed for it, and of prorations.
+            delivered = self.deal.recognition_schedule.pop(month + 1, ZERO)
+            if delivered > 0:
                 self._billing_step_running = True
                 await self.recognize(
-                    f"month-{month + 1}",
-                    "subscription",
-                    quote.monthly_recurring_net,
-                    quote.currency,
+                    f"month-{month + 1}", "subscription", delivered, quote.currency
                 )
                 self._billing_step_running = False
+            self._recognized_through = month + 1
             self._month_end_due = None
         else:
-            if bills_usage and not await self._billing_stopped():
-                # The last month's usage, billed in arrears once the term is over.
-                await self.issue_invoice(quote, quote.term_months, None, activated_at, True)
+            pending = bills_usage or self.deal.pending_adjustments
+            if pending and not await self._billing_stopped():
+                # The last month's usage (in arrears) and any late proration, once the term is over.
+                await self.issue_invoice(
+                    self._plan(), quote.term_months, None, activated_at, bills_usage
+                )
         await workflow.wait_condition(
             lambda: (
                 self._written_off
@@ -437,6 +450,9 @@ class DealWorkflow:
         )
         await asyncio.gather(*self._collections)
         return Stage.WRITTEN_OFF if self._written_off else Stage.WON
+
+    def _plan(self) -> Quote:
+        return self.deal.current_plan or self._signed_quote()
 
     def _signed_quote(self) -> Quote:
         quote = self.deal.quote
@@ -514,6 +530,7 @@ class DealWorkflow:
                 lines=[line for line in quote.lines if line.kind == "usage"],
                 discount_percent=quote.discount_percent,
             )
+        adjustments = list(self.deal.pending_adjustments)
         self._billing_step_running = True
         try:
             issued: IssuedInvoice | None = await self._call(
@@ -524,6 +541,7 @@ class DealWorkflow:
                     billing_month=billing_month,
                     period=period,
                     usage=usage,
+                    adjustments=adjustments,
                     currency=quote.currency,
                     issued_on=issued_at.date(),
                     due_date=due_at.date(),
@@ -536,6 +554,11 @@ class DealWorkflow:
             )
         finally:
             self._billing_step_running = False
+        del self.deal.pending_adjustments[: len(adjustments)]  # billed now
+        if period is not None:  # each month of the period is recognized at its end
+            for month in range(period.start_month + 1, period.start_month + period.months + 1):
+                schedule = self.deal.recognition_schedule
+                schedule[month] = schedule.get(month, ZERO) + quote.monthly_recurring_net
         if issued is None:
             return  # usage within the commitment and no period starting: nothing to bill
         # Usage billed in arrears was delivered: it is revenue as soon as it is invoiced.
@@ -1078,6 +1101,89 @@ class DealWorkflow:
         )
         self._record("credit_note_issued", "billing", f"{issued.number} on {invoice.number}")
         await self._apply_held_credit()
+
+    @workflow.signal(
+        description="Change a recurring line's quantity now (seats). The rest of the billing "
+        "period under way is prorated: more goes on the next invoice, less becomes customer "
+        'credit; later periods bill the new quantity. {"sku": "PLATFORM", "quantity": 15}'
+    )
+    async def change_quantity(self, payload: RawValue = NO_PAYLOAD) -> None:
+        change = self._accept("change_quantity", payload, ChangeQuantity, (Stage.ACTIVE,))
+        if change is None:
+            return
+        plan = self._plan()
+        line = next((ln for ln in plan.lines if ln.sku == change.sku), None)
+        period = next(
+            (p for p in plan.billing_plan
+             if p.start_month <= self._month < p.start_month + p.months), None)  # fmt: skip
+        reason = None
+        if self._written_off:
+            reason = "collection has ended: the deal's unpaid invoices are written off"
+        elif self._changing_quantity:
+            reason = "another quantity change is being priced; send again after it"
+        elif line is None or line.kind != "recurring":
+            recurring = ", ".join(ln.sku for ln in plan.lines if ln.kind == "recurring") or "none"
+            reason = f"{change.sku} is not a recurring line of this deal (recurring: {recurring})"
+        elif line.quantity == change.quantity:
+            reason = f"{change.sku} is already at {change.quantity}"
+        elif period is None or self._recognized_through >= plan.term_months:
+            reason = "the term is over"
+        if reason is not None or period is None or line is None:
+            self._refuse("change_quantity", change.by, reason or "refused")
+            return
+        activated_at = self.deal.activated_at
+        assert activated_at is not None and self.deal.order_id is not None
+        start = self.policy.months_after(activated_at, period.start_month)
+        end = self.policy.months_after(activated_at, period.start_month + period.months)
+        left = max(0, int((end - workflow.now()).total_seconds()))
+        remaining = min(Decimal(1), Decimal(left) / Decimal(int((end - start).total_seconds())))
+        # The month ends left in the period deliver the proration.
+        months = list(range(self._recognized_through + 1, period.start_month + period.months + 1))
+        self._changing_quantity = True
+        try:
+            changed: QuantityChanged = await self._call(
+                FulfilmentActivities.change_quantity,
+                QuantityChangeRequest(
+                    deal_id=self.deal_id,
+                    order_id=self.deal.order_id,
+                    quote=plan,
+                    sku=change.sku,
+                    quantity=change.quantity,
+                    period_months=period.months,
+                    remaining=remaining,
+                    months_left=months,
+                    changed_at=workflow.now(),
+                ),
+                f"change {change.sku} to {change.quantity}",
+            )
+        finally:
+            self._changing_quantity = False
+        self.deal.current_plan = changed.quote
+        self.deal.quantity_changes += 1
+        amount = changed.proration
+        schedule = self.deal.recognition_schedule
+        for month, part in changed.recognition.items():
+            schedule[month] = schedule.get(month, ZERO) + part
+        self._record("quantity_changed", change.by,
+                     f"{change.sku} {line.quantity} -> {change.quantity}; proration {amount} "
+                     f"{plan.currency} for {remaining:.4f} of the period")  # fmt: skip
+        if changed.line is not None:
+            self.deal.pending_adjustments.append(changed.line)
+        elif amount < 0:
+            self.deal.customer_credit += -amount
+            self._refresh_balance()
+            await self._post(
+                BillingActivities.credit_proration,
+                ProrationCredit(
+                    deal_id=self.deal_id,
+                    key=str(self.deal.quantity_changes),
+                    amount=-amount,
+                    currency=plan.currency,
+                    credited_at=workflow.now(),
+                ),
+                f"credit proration {self.deal.quantity_changes}",
+            )
+            await self._apply_held_credit()
 
     @workflow.signal(
         description="A customer disputes an invoice: a chargeback of a card payment (with "
