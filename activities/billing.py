@@ -131,10 +131,16 @@ def _customer_credit(session: Session, deal_id: str) -> Decimal:
 
 
 def _tax_share(invoice: InvoiceRecord, part: Decimal) -> Decimal:
-    """The tax inside `part` of the invoice's amount, in proportion."""
+    """The tax inside the next `part` of the invoice's amount taken back after its credit notes,
+    in proportion. Rounded as a running total, so the shares of all credit notes and a write-off
+    add up to the invoice's tax exactly, and nothing is left on tax payable."""
     if invoice.amount <= 0 or invoice.tax_amount <= 0:
         return ZERO
-    return to_cents(part * invoice.tax_amount / invoice.amount)
+
+    def tax_in(amount: Decimal) -> Decimal:
+        return to_cents(amount * invoice.tax_amount / invoice.amount)
+
+    return tax_in(invoice.amount_credited + part) - tax_in(invoice.amount_credited)
 
 
 class BillingActivities:
@@ -563,7 +569,16 @@ class BillingActivities:
                         (ln.debit for ln in lines if ln.account == DEFERRED_REVENUE), ZERO
                     ),
                 )
-            unpaid_invoices = [i for i in invoices if i.status == "open"]
+            # Disputed invoices go too: collection is over, and their disputes with it.
+            unpaid_invoices = [i for i in invoices if i.status in ("open", "disputed")]
+            for dispute in session.exec(
+                select(DisputeRecord).where(
+                    DisputeRecord.deal_id == request.deal_id, DisputeRecord.status == "open"
+                )
+            ).all():
+                dispute.status = "written_off"
+                dispute.closed_at = request.written_off_at
+                session.add(dispute)
             unpaid = sum(
                 (i.amount - i.amount_credited - i.amount_paid for i in unpaid_invoices), ZERO
             )

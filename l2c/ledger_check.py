@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from l2c.db import INVOICE_SERIES
+from l2c.journal import ACCOUNTS_RECEIVABLE
 from models.ledger import (
     CreditNoteRecord,
     InvoiceLineRecord,
@@ -133,5 +134,20 @@ def check_ledger(engine: Engine) -> list[str]:
         elif debit != credit:
             problems.append(
                 f"journal entry {entry.entry_key} does not balance: {debit} != {credit}"
+            )
+    # Receivables: per deal, the journal's AR is what its open and disputed invoices still owe.
+    deal_of = {entry.id: entry.deal_id for entry in entries}
+    receivable: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for line in lines:
+        if line.account == ACCOUNTS_RECEIVABLE:
+            receivable[deal_of[line.entry_id]] += line.debit - line.credit
+    owed: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for invoice in invoices:
+        if invoice.status in ("open", "disputed"):
+            owed[invoice.deal_id] += invoice.amount - invoice.amount_credited - invoice.amount_paid
+    for deal in sorted(set(receivable) | set(owed)):
+        if receivable[deal] != owed[deal]:
+            problems.append(
+                f"{deal}: receivables {receivable[deal]} but open invoices owe {owed[deal]}"
             )
     return problems

@@ -242,7 +242,7 @@ class DisputeRecord(SQLModel, table=True):
     currency: str = Field(max_length=3)
     payment_reference: str | None = Field(default=None, max_length=100)
     reason: str = Field(max_length=2000)
-    status: str = Field(default="open", max_length=10)  # open, won, lost
+    status: str = Field(default="open", max_length=12)  # open, won, lost, written_off
     opened_at: datetime = utc_timestamp(nullable=False)
     closed_at: datetime | None = utc_timestamp(nullable=True)
 

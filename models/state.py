@@ -69,7 +69,7 @@ class DisputeView(BaseModel):
     # the customer contests before paying.
     payment_reference: str | None
     reason: str
-    status: Literal["open", "won", "lost"] = "open"
+    status: Literal["open", "won", "lost", "written_off"] = "open"
     opened_at: datetime
     closed_at: datetime | None = None
 
@@ -117,4 +117,5 @@ class DealContinuation(BaseModel):
     continued: DealState
     next_month: int  # the month boundary (months after activation) to bill next
     bills_usage: bool  # whether this deal bills metered usage in arrears (decided in its 1st run)
+    cash_application: bool = True  # payments spread over invoices, credit held (ditto)
     quote_versions: int

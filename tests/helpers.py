@@ -1,8 +1,9 @@
 """Helpers for driving deals in tests the way ops staff would: signals, queries, the clock."""
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,8 @@ from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from l2c.runtime import start_deal
+from l2c.config import BusinessRules, Settings
+from l2c.runtime import build_worker, start_deal
 from l2c.runtime import wait_for_state as wait_until
 from models.deal import LeadInput, Stage
 from models.ledger import JournalEntry, JournalLine
@@ -77,6 +79,19 @@ async def retire_at_rest(handles: list[Handle], timeout: float = 30) -> None:
             if asyncio.get_running_loop().time() > deadline:
                 break  # an activity stuck for good (the test has failed already): leave it
             await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def own_worker(
+    client: Client, ledger: Engine, rules: BusinessRules, settings: Settings
+) -> AsyncIterator[None]:
+    """A worker for one test (its own rules or settings); the deals the test left open on its task
+    queue are retired at rest before the worker stops (see `retire_at_rest`)."""
+    async with build_worker(client, ledger, rules, settings):
+        try:
+            yield
+        finally:
+            await retire_at_rest(STARTED.pop(settings.task_queue, []))
 
 
 async def state_of(handle: Handle) -> DealState:

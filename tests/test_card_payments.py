@@ -11,13 +11,13 @@ from temporalio.testing import WorkflowEnvironment
 from l2c.config import BusinessRules, Settings
 from l2c.drill import free_port
 from l2c.gateway_sandbox import SandboxGateway
-from l2c.runtime import build_worker
 from l2c.webhooks import webhook_endpoint, webhook_url
 from models.deal import Stage
 from models.ledger import PaymentRecordRow
 from tests.helpers import (
     advance_until,
     final_state,
+    own_worker,
     quote_to_signature,
     refusals,
     start,
@@ -114,7 +114,7 @@ async def test_without_a_gateway_the_invoice_is_left_to_dunning(
     ts_env: WorkflowEnvironment, sqlite_ledger: Engine, rules: BusinessRules, settings: Settings
 ) -> None:
     no_gateway = settings.model_copy(update={"gateway_url": None})
-    async with build_worker(ts_env.client, sqlite_ledger, rules, no_gateway):
+    async with own_worker(ts_env.client, sqlite_ledger, rules, no_gateway):
         handle = await start(ts_env.client, settings.task_queue)
         await quote_to_signature(handle, card_on_file=VISA, billing_period="upfront")
         final = await final_state(handle)

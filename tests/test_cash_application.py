@@ -12,13 +12,13 @@ from temporalio.testing import WorkflowEnvironment
 from l2c.config import BusinessRules, Settings
 from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, CUSTOMER_CREDIT, SALES_CREDITS
 from l2c.ledger_check import check_ledger
-from l2c.runtime import build_worker
 from models.deal import Stage
 from models.money import ZERO
 from tests.helpers import (
     account_balances,
     advance_until,
     final_state,
+    own_worker,
     quote_to_signature,
     refused_after,
     signal,
@@ -126,7 +126,7 @@ async def slow_postings(
     slow = settings.model_copy(
         update={"faults_json": '{"apply_payment": {"kind": "slow", "seconds": 2}}'}
     )
-    async with build_worker(ts_env.client, sqlite_ledger, rules, slow):
+    async with own_worker(ts_env.client, sqlite_ledger, rules, slow):
         yield slow
 
 

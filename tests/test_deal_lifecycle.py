@@ -22,7 +22,7 @@ from l2c.journal import (
     REVENUE_SUBSCRIPTION,
 )
 from l2c.mailcatcher import MailCatcher
-from l2c.runtime import build_worker, start_deal
+from l2c.runtime import start_deal
 from models.deal import Stage
 from models.ledger import InvoiceRecord, Lead, OutboxEmail, PaymentRecordRow
 from models.money import ZERO
@@ -31,6 +31,7 @@ from tests.helpers import (
     advance_until,
     final_state,
     make_lead,
+    own_worker,
     quote_to_signature,
     refused_after,
     sign,
@@ -226,7 +227,7 @@ async def test_unpaid_invoice_is_dunned_and_written_off(
 ) -> None:
     # 31-day months keep what was delivered by the write-off on day 90 off the calendar (the test
     # server's clock is wherever earlier tests left it), and keep every timer off day 90 but one.
-    async with build_worker(ts_env.client, sqlite_ledger, months_of(31, tmp_path), settings):
+    async with own_worker(ts_env.client, sqlite_ledger, months_of(31, tmp_path), settings):
         handle = await start(ts_env.client, settings.task_queue)
         state = await quote_to_signature(handle, billing_period="upfront",
                                          lines=[{"sku": "PLATFORM", "quantity": 10}, {"sku": "ONBOARDING", "quantity": 1}])  # fmt: skip
@@ -408,7 +409,7 @@ async def test_same_lead_twice_gives_one_deal(
 async def test_write_off_of_a_monthly_deal_stops_billing_and_leaves_nothing_open(
     ts_env: WorkflowEnvironment, sqlite_ledger: Engine, settings: Settings, tmp_path: Path
 ) -> None:
-    async with build_worker(ts_env.client, sqlite_ledger, months_of(31, tmp_path), settings):
+    async with own_worker(ts_env.client, sqlite_ledger, months_of(31, tmp_path), settings):
         handle = await start(ts_env.client, settings.task_queue)
         await quote_to_signature(handle, billing_period="monthly", term_months=24)
         final = await final_state(handle)
@@ -444,7 +445,7 @@ async def test_a_write_off_at_a_month_end_delivers_that_month_and_bills_no_more(
     month 3 ends and month 4 would be billed: two timers due together, fired in the server's order.
     The month that ended was delivered; the period that did not begin is not billed."""
     rules = months_of(30, tmp_path, reminder_days_after_due=reminders)
-    async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
+    async with own_worker(ts_env.client, sqlite_ledger, rules, settings):
         handle = await start(ts_env.client, settings.task_queue)
         state = await quote_to_signature(handle, billing_period="monthly", term_months=12)
         final = await final_state(handle)

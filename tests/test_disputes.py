@@ -125,3 +125,21 @@ async def test_a_contested_invoice_pauses_dunning_until_the_dispute_is_won(
     assert final.stage == Stage.WON
     assert final.disputes[0].status == "won"
     assert check_ledger(sqlite_ledger) == []
+
+
+async def test_a_write_off_takes_disputed_invoices_and_closes_their_disputes(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await quote_to_signature(handle, term_months=3)
+    state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 2)
+    second = state.invoices[1]
+    await signal(handle, "open_dispute", {"invoice_number": second.number, "dispute_id": "D-1",
+                                         "amount": str(second.amount), "reason": "contested"})  # fmt: skip
+    await wait_until(handle, lambda s: s.invoices[1].status == "disputed")
+    final = await final_state(handle)  # invoice 1 is never paid: written off on day 90
+    assert final.stage == Stage.WRITTEN_OFF
+    assert {i.status for i in final.invoices} == {"uncollectible"}
+    assert final.disputes[0].status == "written_off"
+    assert account_balances(sqlite_ledger, handle.id).get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
+    assert check_ledger(sqlite_ledger) == []

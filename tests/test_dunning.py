@@ -1,5 +1,7 @@
 """Dunning levels beyond reminders: entitlements suspended at a level, restored on payment."""
 
+from datetime import timedelta
+
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio.testing import WorkflowEnvironment
@@ -13,6 +15,7 @@ from tests.helpers import (
     final_state,
     pay_in_full,
     quote_to_signature,
+    signal,
     start,
     wait_until,
 )
@@ -47,3 +50,22 @@ async def test_service_is_suspended_at_the_third_reminder_and_restored_on_paymen
     final = await final_state(handle)
     assert final.stage == Stage.WON
     assert service(sqlite_ledger, handle.id) == ("provisioned", {True})
+
+
+async def test_a_contested_invoice_keeps_service_suspended_until_it_is_paid(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    state = await quote_to_signature(handle, term_months=3, billing_period="upfront")
+    invoice = state.invoices[0]
+    await advance_until(ts_env, handle, lambda s: s.entitlements_suspended)
+    await signal(handle, "open_dispute", {"invoice_number": invoice.number, "dispute_id": "D-1",
+                                         "amount": "0.01", "reason": "one cent"})  # fmt: skip
+    await wait_until(handle, lambda s: s.invoices[0].status == "disputed")
+    await ts_env.sleep(timedelta(days=3))
+    await signal(handle, "close_dispute", {"dispute_id": "D-1", "outcome": "won"})
+    state = await wait_until(handle, lambda s: s.invoices[0].status == "open")
+    assert state.entitlements_suspended  # a dispute does not lift the suspension; payment does
+    await pay_in_full(handle, state.invoices[0])
+    await wait_until(handle, lambda s: not s.entitlements_suspended)
+    assert (await final_state(handle)).stage == Stage.WON

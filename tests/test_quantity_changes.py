@@ -13,7 +13,6 @@ from l2c.config import Settings, load_business_rules
 from l2c.drill import drill_config
 from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, CUSTOMER_CREDIT, DEFERRED_REVENUE
 from l2c.ledger_check import check_ledger
-from l2c.runtime import build_worker
 from models.deal import Stage
 from models.ledger import Entitlement
 from models.money import ZERO
@@ -21,6 +20,7 @@ from tests.helpers import (
     account_balances,
     advance_until,
     final_state,
+    own_worker,
     pay_in_full,
     quote_to_signature,
     refused_after,
@@ -34,7 +34,7 @@ async def test_more_seats_are_prorated_onto_the_next_invoice_and_fewer_become_cr
     ts_env: WorkflowEnvironment, sqlite_ledger: Engine, settings: Settings, tmp_path: Path
 ) -> None:
     rules = load_business_rules(drill_config(tmp_path / "config", month_seconds=31 * 24 * 3600))
-    async with build_worker(ts_env.client, sqlite_ledger, rules, settings):
+    async with own_worker(ts_env.client, sqlite_ledger, rules, settings):
         handle = await start(ts_env.client, settings.task_queue)
         state = await quote_to_signature(handle, term_months=4)  # 10 seats: 500.00 a month
         await pay_in_full(handle, state.invoices[0])

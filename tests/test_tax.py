@@ -1,5 +1,6 @@
 """Tax per invoice line from config/tax.toml by the customer's country; exempt customers."""
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -8,22 +9,27 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio.testing import WorkflowEnvironment
 
-from l2c.config import ConfigError, Settings, load_business_rules
+from activities.billing import BillingActivities
+from l2c.config import BusinessRules, ConfigError, Settings, TaxTable, load_business_rules
 from l2c.drill import drill_config
 from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, REVENUE_SUBSCRIPTION, SALES_CREDITS, TAX_PAYABLE
 from l2c.ledger_check import check_ledger
+from l2c.mail import Mailer
 from models.deal import Stage
+from models.documents import CreditNoteRequest, IssuedInvoice, WriteOffRequest
 from models.ledger import InvoiceLineRecord, InvoiceRecord
 from models.money import ZERO
 from tests.helpers import (
     account_balances,
     final_state,
+    make_lead,
     pay_in_full,
     quote_to_signature,
     signal,
     start,
     wait_until,
 )
+from tests.test_ledger_activities import env, invoice_request
 
 
 async def test_a_uk_customer_pays_vat_on_each_line_and_a_credit_note_takes_its_share(
@@ -81,3 +87,74 @@ def test_a_bad_tax_table_is_refused_at_start_with_the_file_and_the_reason(tmp_pa
     (folder / "tax.toml").write_text('[rates]\nGB = "120"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="a rate is a percent from 0 to 100"):
         load_business_rules(folder)
+
+
+# Tax shares are rounded as a running total: nothing is left on tax payable (found in review).
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def billing(ledger: Engine) -> BillingActivities:
+    return BillingActivities(
+        ledger, Mailer(ledger, None, 25, "x@y.example"), TaxTable(rates={"GB": Decimal("20")})
+    )
+
+
+def gb_invoice(rules: BusinessRules, ledger: Engine, deal: str) -> IssuedInvoice:
+    req = invoice_request(rules, ledger, deal, billing_period="upfront", term_months=1)
+    req = req.model_copy(update={"lead": make_lead(country="GB", currency="USD")})
+    return env.run(billing(ledger).issue_invoice, req)
+
+
+def test_three_equal_credit_notes_take_back_exactly_the_invoices_tax(
+    rules: BusinessRules, ledger: Engine
+) -> None:
+    deal = "D-tax-1"
+    inv = gb_invoice(rules, ledger, deal)
+    third = inv.amount / 3  # 160.00 each; its tax, 26.666..., is not a whole number of cents
+    for n in range(3):
+        env.run(
+            billing(ledger).issue_credit_note,
+            CreditNoteRequest(
+                deal_id=deal,
+                invoice_number=inv.number,
+                amount=third,
+                to_credit=ZERO,
+                currency="USD",
+                reference=f"CN-{n}",
+                reason="x",
+                issued_by="fay",
+                issued_at=NOW,
+            ),
+        )
+    b = account_balances(ledger, deal)
+    assert b.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
+    assert b.get(TAX_PAYABLE, ZERO) == ZERO, b
+
+
+def test_credit_notes_then_a_write_off_take_back_exactly_the_invoices_tax(
+    rules: BusinessRules, ledger: Engine
+) -> None:
+    deal = "D-tax-2"
+    inv = gb_invoice(rules, ledger, deal)
+    third = inv.amount / 3
+    for n in range(2):
+        env.run(
+            billing(ledger).issue_credit_note,
+            CreditNoteRequest(
+                deal_id=deal,
+                invoice_number=inv.number,
+                amount=third,
+                to_credit=ZERO,
+                currency="USD",
+                reference=f"CN-{n}",
+                reason="x",
+                issued_by="fay",
+                issued_at=NOW,
+            ),
+        )
+    env.run(
+        billing(ledger).write_off_deal,
+        WriteOffRequest(deal_id=deal, currency="USD", written_off_at=NOW, reason="x"),
+    )
+    b = account_balances(ledger, deal)
+    assert b.get(TAX_PAYABLE, ZERO) == ZERO, b

@@ -174,7 +174,6 @@ class DealWorkflow:
         self._recognized_through = 0  # month ends recognized so far
         self._changing_quantity = False
         self._collections: list[asyncio.Task[None]] = []
-        self._write_off_moments: dict[str, datetime] = {}  # invoice number -> write-off moment
         self._charging: set[str] = set()  # invoices whose card charge is under way
         self._postings_running = 0  # payment postings under way
         self._posting_order = asyncio.Lock()
@@ -374,7 +373,9 @@ class DealWorkflow:
         self._set_stage(Stage.ACTIVE)
         activated_at = self.deal.activated_at
         assert activated_at is not None
-        self._cash_application = workflow.patched(CASH_APPLICATION)
+        self._cash_application = (
+            self._resume.cash_application if self._resume else workflow.patched(CASH_APPLICATION)
+        )
         if self._resume is None:
             first_month = 0
             usage_lines = [line for line in quote.lines if line.kind == "usage"]
@@ -485,6 +486,7 @@ class DealWorkflow:
         workflow.continue_as_new(
             DealContinuation(
                 continued=state,
+                cash_application=self._cash_application,
                 next_month=next_month,
                 bills_usage=bills_usage,
                 quote_versions=self._quote_versions,
@@ -582,7 +584,6 @@ class DealWorkflow:
             f"{invoice.number}: {invoice.amount} {invoice.currency}, due {invoice.due_date}",
         )
         if invoice.status == "open":
-            self._write_off_moments[invoice.number] = self.policy.write_off_at(due_at)
             # Credit the customer holds pays the new invoice first (all of it, perhaps).
             await self._apply_held_credit()
         if invoice.status == "open":
@@ -590,9 +591,6 @@ class DealWorkflow:
 
     def _collect_in_background(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning and, with a card on file, card charges for an open invoice."""
-        self._write_off_moments[invoice.number] = self._dunning_moment(
-            invoice, due_at, self.policy.write_off_days_after_due
-        )
         self._collections.append(asyncio.create_task(self.collect(invoice, due_at)))
         if self.deal.card_on_file is not None:
             self._collections.append(asyncio.create_task(self.charge_card(invoice, due_at)))
@@ -634,7 +632,7 @@ class DealWorkflow:
                 "collections",
                 f"{invoice.number}: level {level}, {days} days overdue",
             )
-            if level == policy.suspend_at_level:
+            if level == policy.suspend_at_level and invoice.status == "open":
                 await self.suspend_entitlements(invoice)
         if await self._wait_for_dunning(
             invoice, due_at, policy.write_off_days_after_due, f"{invoice.number} write-off"
@@ -664,7 +662,11 @@ class DealWorkflow:
 
     def _overdue_to_suspend(self) -> bool:
         level = self.policy.suspend_at_level
-        return any(i.status == "open" and i.reminders_sent >= level for i in self.deal.invoices)
+        # A contested invoice keeps service suspended until the dispute is decided.
+        return any(
+            i.status in ("open", "disputed") and i.reminders_sent >= level
+            for i in self.deal.invoices
+        )
 
     async def _set_entitlements(self, active: bool, reason: str) -> None:
         assert self.deal.order_id is not None
@@ -780,6 +782,10 @@ class DealWorkflow:
         for invoice in self.deal.invoices:
             if invoice.number in result.invoice_numbers:
                 invoice.status = "uncollectible"
+        for dispute in self.deal.disputes:
+            if dispute.status == "open":
+                dispute.status = "written_off"
+                dispute.closed_at = workflow.now()
         self._refresh_balance()
         self._record(
             "written_off",
@@ -950,7 +956,7 @@ class DealWorkflow:
             reason = wrong_currency
         elif payment.invoice_number is not None and named is None:
             reason = self._unknown_invoice(payment.invoice_number)
-        elif named is not None and named.status not in ("open", "paid"):
+        elif named is not None and named.status not in ("open", "paid", "disputed"):
             reason = f"{named.number} is {named.status}"
         elif named is not None and named.number in self._charging:
             reason = f"the card on file is being charged for {named.number}; send again after it"
@@ -1279,10 +1285,6 @@ class DealWorkflow:
         invoice.dunning_paused_seconds += int((workflow.now() - since).total_seconds())
         invoice.disputed_since = None
         self._settle(invoice)
-        if invoice.number in self._write_off_moments and invoice.due_at is not None:
-            self._write_off_moments[invoice.number] = self._dunning_moment(
-                invoice, invoice.due_at, self.policy.write_off_days_after_due
-            )
         self._refresh_balance()
         self._record("dispute_closed", closing.by,
                      f"{dispute.dispute_id} on {invoice.number}: {closing.outcome}")  # fmt: skip
@@ -1539,10 +1541,13 @@ class DealWorkflow:
         return lambda: self._written_off and workflow.now() < moment
 
     def _write_off_due(self) -> bool:
-        """An open invoice has reached its write-off moment."""
+        """An open invoice has reached its write-off moment (computed from the invoice, so a new
+        run, or an invoice reopened by a dispute, needs nothing remembered)."""
         now = workflow.now()
+        days = self.policy.write_off_days_after_due
         return any(
-            invoice.status == "open" and self._write_off_moments[invoice.number] <= now
+            invoice.status == "open"
+            and self._dunning_moment(invoice, _due_at(invoice), days) <= now
             for invoice in self.deal.invoices
         )
 
