@@ -105,56 +105,31 @@ def gb_invoice(rules: BusinessRules, ledger: Engine, deal: str) -> IssuedInvoice
     return env.run(billing(ledger).issue_invoice, req)
 
 
+def credit_thirds(ledger: Engine, deal: str, invoice: IssuedInvoice, count: int) -> None:
+    """`count` credit notes of a third of the invoice each: 160.00, whose tax (26.666...) is not
+    a whole number of cents."""
+    for n in range(count):
+        env.run(billing(ledger).issue_credit_note, CreditNoteRequest(
+            deal_id=deal, invoice_number=invoice.number, amount=invoice.amount / 3, to_credit=ZERO,
+            currency="USD", reference=f"CN-{n}", reason="goodwill", issued_by="fay",
+            issued_at=NOW))  # fmt: skip
+
+
 def test_three_equal_credit_notes_take_back_exactly_the_invoices_tax(
     rules: BusinessRules, ledger: Engine
 ) -> None:
-    deal = "D-tax-1"
-    inv = gb_invoice(rules, ledger, deal)
-    third = inv.amount / 3  # 160.00 each; its tax, 26.666..., is not a whole number of cents
-    for n in range(3):
-        env.run(
-            billing(ledger).issue_credit_note,
-            CreditNoteRequest(
-                deal_id=deal,
-                invoice_number=inv.number,
-                amount=third,
-                to_credit=ZERO,
-                currency="USD",
-                reference=f"CN-{n}",
-                reason="x",
-                issued_by="fay",
-                issued_at=NOW,
-            ),
-        )
-    b = account_balances(ledger, deal)
-    assert b.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
-    assert b.get(TAX_PAYABLE, ZERO) == ZERO, b
+    credit_thirds(ledger, "D-tax-1", gb_invoice(rules, ledger, "D-tax-1"), 3)
+    balances = account_balances(ledger, "D-tax-1")
+    assert balances.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
+    assert balances.get(TAX_PAYABLE, ZERO) == ZERO, balances
 
 
 def test_credit_notes_then_a_write_off_take_back_exactly_the_invoices_tax(
     rules: BusinessRules, ledger: Engine
 ) -> None:
-    deal = "D-tax-2"
-    inv = gb_invoice(rules, ledger, deal)
-    third = inv.amount / 3
-    for n in range(2):
-        env.run(
-            billing(ledger).issue_credit_note,
-            CreditNoteRequest(
-                deal_id=deal,
-                invoice_number=inv.number,
-                amount=third,
-                to_credit=ZERO,
-                currency="USD",
-                reference=f"CN-{n}",
-                reason="x",
-                issued_by="fay",
-                issued_at=NOW,
-            ),
-        )
-    env.run(
-        billing(ledger).write_off_deal,
-        WriteOffRequest(deal_id=deal, currency="USD", written_off_at=NOW, reason="x"),
-    )
-    b = account_balances(ledger, deal)
-    assert b.get(TAX_PAYABLE, ZERO) == ZERO, b
+    credit_thirds(ledger, "D-tax-2", gb_invoice(rules, ledger, "D-tax-2"), 2)
+    env.run(billing(ledger).write_off_deal, WriteOffRequest(
+        deal_id="D-tax-2", currency="USD", written_off_at=NOW, reason="unpaid"))  # fmt: skip
+    balances = account_balances(ledger, "D-tax-2")
+    assert balances.get(TAX_PAYABLE, ZERO) == ZERO, balances
+    assert balances.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
