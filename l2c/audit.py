@@ -70,9 +70,14 @@ def _decode(payloads: Any) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-async def _all_runs(client: Client, workflow_id: str) -> list[HistoryEvent]:
-    """The history events of every run of a deal, the first run first (continue-as-new chains
-    them: each run's start names the run it continues)."""
+async def history_of_all_runs(client: Client, workflow_id: str) -> list[HistoryEvent]:
+    """The history events of every run of a deal, the first run first."""
+    return [event for run in await run_histories(client, workflow_id) for event in run]
+
+
+async def run_histories(client: Client, workflow_id: str) -> list[list[HistoryEvent]]:
+    """Each run's history events, the first run first (continue-as-new chains them: each run's
+    start names the run it continues)."""
     runs: list[list[HistoryEvent]] = []
     run_id: str | None = (await client.get_workflow_handle(workflow_id).describe()).run_id
     while run_id:
@@ -80,7 +85,7 @@ async def _all_runs(client: Client, workflow_id: str) -> list[HistoryEvent]:
         events = [event async for event in handle.fetch_history_events()]
         runs.append(events)
         run_id = events[0].workflow_execution_started_event_attributes.continued_execution_run_id
-    return [event for run in reversed(runs) for event in run]
+    return list(reversed(runs))
 
 
 async def decision_timeline(
@@ -91,7 +96,7 @@ async def decision_timeline(
     activity_names: dict[int, str] = {}
     final_state: DealState | None = None
     carried: list[DealEvent] = []  # the deal's own events, as each later run received them
-    for event in await _all_runs(client, workflow_id):
+    for event in await history_of_all_runs(client, workflow_id):
         at = event.event_time.ToDatetime().replace(tzinfo=None)
         kind = event.event_type
         if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
