@@ -61,6 +61,15 @@ class InvoiceView(BaseModel):
         return self.amount - self.amount_credited - self.amount_paid
 
 
+class PendingProration(BaseModel):
+    """More of a recurring line for the rest of a period: billed on the next invoice, and
+    recognized (these month ends' parts) once billed."""
+
+    change: int  # the quantity change's number in the deal
+    line: InvoiceLinePlan
+    recognition: dict[int, Decimal]
+
+
 class DisputeView(BaseModel):
     dispute_id: str
     invoice_number: str
@@ -101,8 +110,9 @@ class DealState(BaseModel):
     # (month number -> amount), and prorations waiting for the next invoice.
     current_plan: Quote | None = None
     recognition_schedule: dict[int, Decimal] = Field(default_factory=dict)
-    pending_adjustments: list[InvoiceLinePlan] = Field(default_factory=list)
+    pending_adjustments: list[PendingProration] = Field(default_factory=list)
     quantity_changes: int = 0
+    billed_through: int = 0  # the month the periods invoiced so far reach (exclusive)
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
     # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'

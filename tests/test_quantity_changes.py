@@ -48,7 +48,7 @@ async def test_more_seats_are_prorated_onto_the_next_invoice_and_fewer_become_cr
         await pay_in_full(handle, state.invoices[1])
         await signal(handle, "change_quantity", {"sku": "PLATFORM", "quantity": 20, "by": "sam"})
         state = await wait_until(handle, lambda s: s.quantity_changes == 1)
-        up = state.pending_adjustments[0].amount
+        up = state.pending_adjustments[0].line.amount
         assert Decimal("0") < up < Decimal("500.00")  # the rest of month 2 at 500 more a month
         state = await advance_until(ts_env, handle, lambda s: len(s.invoices) >= 3)
         third = state.invoices[2]

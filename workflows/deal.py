@@ -81,6 +81,7 @@ with workflow.unsafe.imports_passed_through():
         DisputeView,
         InvoiceView,
         PendingApproval,
+        PendingProration,
     )
     from models.validation import explain
 
@@ -170,8 +171,8 @@ class DealWorkflow:
         self._written_off = False
         self._billing_step_running = False
         self._month_end_due: datetime | None = None  # the month end the billing loop waits for
-        self._month = 0  # the month of the term under way (0-based)
-        self._recognized_through = 0  # month ends recognized so far
+        # The month of the term under way (0-based), and the month ends recognized so far.
+        self._month = self._recognized_through = self._resume.next_month if self._resume else 0
         self._changing_quantity = False
         self._collections: list[asyncio.Task[None]] = []
         self._charging: set[str] = set()  # invoices whose card charge is under way
@@ -373,9 +374,10 @@ class DealWorkflow:
         self._set_stage(Stage.ACTIVE)
         activated_at = self.deal.activated_at
         assert activated_at is not None
-        self._cash_application = (
-            self._resume.cash_application if self._resume else workflow.patched(CASH_APPLICATION)
-        )
+        # Called in every run (runs already recorded carry its marker), but a continued run keeps
+        # the rules its deal started with.
+        patched = workflow.patched(CASH_APPLICATION)
+        self._cash_application = self._resume.cash_application if self._resume else patched
         if self._resume is None:
             first_month = 0
             usage_lines = [line for line in quote.lines if line.kind == "usage"]
@@ -388,6 +390,7 @@ class DealWorkflow:
             )
         else:
             first_month, bills_usage = self._resume.next_month, self._resume.bills_usage
+            self._seed_recognition(quote, first_month)
             for invoice in self.deal.invoices:  # collection carries on where the last run was
                 if invoice.status in ("open", "disputed"):
                     self._collect_in_background(invoice, _due_at(invoice))
@@ -424,13 +427,13 @@ class DealWorkflow:
                 break  # written off before this month was delivered
             # What this month delivered: its share of the period billed for it, and of prorations.
             delivered = self.deal.recognition_schedule.pop(month + 1, ZERO)
+            self._recognized_through = month + 1  # a change from now on spreads over later months
             if delivered > 0:
                 self._billing_step_running = True
                 await self.recognize(
                     f"month-{month + 1}", "subscription", delivered, quote.currency
                 )
                 self._billing_step_running = False
-            self._recognized_through = month + 1
             self._month_end_due = None
         else:
             pending = bills_usage or self.deal.pending_adjustments
@@ -451,6 +454,22 @@ class DealWorkflow:
         )
         await asyncio.gather(*self._collections)
         return Stage.WRITTEN_OFF if self._written_off else Stage.WON
+
+    def _seed_recognition(self, quote: Quote, first_month: int) -> None:
+        """A run continued from one recorded before the recognition schedule existed: the months
+        left in the period under way, billed in the earlier run, are recognized as before."""
+        if not self.deal.billed_through:
+            billed = {invoice.period_index for invoice in self.deal.invoices}
+            self.deal.billed_through = max(
+                (p.start_month + p.months for p in quote.billing_plan if p.index in billed),
+                default=0,
+            )
+        if self.deal.recognition_schedule or self.deal.quantity_changes:
+            return
+        for period in quote.billing_plan:
+            if period.start_month < first_month < period.start_month + period.months:
+                for month in range(first_month + 1, period.start_month + period.months + 1):
+                    self.deal.recognition_schedule[month] = quote.monthly_recurring_net
 
     def _plan(self) -> Quote:
         return self.deal.current_plan or self._signed_quote()
@@ -543,7 +562,7 @@ class DealWorkflow:
                     billing_month=billing_month,
                     period=period,
                     usage=usage,
-                    adjustments=adjustments,
+                    adjustments=[pending.line for pending in adjustments],
                     currency=quote.currency,
                     issued_on=issued_at.date(),
                     due_date=due_at.date(),
@@ -556,11 +575,25 @@ class DealWorkflow:
             )
         finally:
             self._billing_step_running = False
-        del self.deal.pending_adjustments[: len(adjustments)]  # billed now
+        billed = self.deal.pending_adjustments[: len(adjustments)]
+        del self.deal.pending_adjustments[: len(adjustments)]
+        schedule = self.deal.recognition_schedule
         if period is not None:  # each month of the period is recognized at its end
+            self.deal.billed_through = period.start_month + period.months
             for month in range(period.start_month + 1, period.start_month + period.months + 1):
-                schedule = self.deal.recognition_schedule
                 schedule[month] = schedule.get(month, ZERO) + quote.monthly_recurring_net
+        for pending in billed:
+            # A proration is revenue once billed: the months it covered that already ended now,
+            # the rest at their month ends. Never billed (a write-off first), never recognized.
+            for month, part in pending.recognition.items():
+                schedule[month] = schedule.get(month, ZERO) + part
+            due = sum(
+                (schedule.pop(m) for m in list(schedule) if m <= self._recognized_through), ZERO
+            )
+            if due:
+                await self.recognize(
+                    f"proration-{pending.change}", "subscription", due, quote.currency
+                )
         if issued is None:
             return  # usage within the commitment and no period starting: nothing to bill
         # Usage billed in arrears was delivered: it is revenue as soon as it is invoiced.
@@ -1134,6 +1167,8 @@ class DealWorkflow:
             reason = f"{change.sku} is already at {change.quantity}"
         elif period is None or self._recognized_through >= plan.term_months:
             reason = "the term is over"
+        elif self._billing_step_running or period.start_month >= self.deal.billed_through:
+            reason = "the period starting now is being invoiced; send again after it"
         if reason is not None or period is None or line is None:
             self._refuse("change_quantity", change.by, reason or "refused")
             return
@@ -1167,15 +1202,22 @@ class DealWorkflow:
         self.deal.current_plan = changed.quote
         self.deal.quantity_changes += 1
         amount = changed.proration
-        schedule = self.deal.recognition_schedule
-        for month, part in changed.recognition.items():
-            schedule[month] = schedule.get(month, ZERO) + part
         self._record("quantity_changed", change.by,
                      f"{change.sku} {line.quantity} -> {change.quantity}; proration {amount} "
                      f"{plan.currency} for {remaining:.4f} of the period")  # fmt: skip
-        if changed.line is not None:
-            self.deal.pending_adjustments.append(changed.line)
+        if changed.line is not None:  # recognized as it is billed (see issue_invoice)
+            self.deal.pending_adjustments.append(
+                PendingProration(
+                    change=self.deal.quantity_changes,
+                    line=changed.line,
+                    recognition=changed.recognition,
+                )
+            )
         elif amount < 0:
+            # Credited at once, so the months left in the period recognize less from now on.
+            schedule = self.deal.recognition_schedule
+            for month, part in changed.recognition.items():
+                schedule[month] = schedule.get(month, ZERO) + part
             self.deal.customer_credit += -amount
             self._refresh_balance()
             await self._post(
