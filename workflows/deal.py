@@ -123,6 +123,9 @@ USAGE_IN_ARREARS = "usage-billed-in-arrears"
 # Version marker: payments spread over open invoices, overpayments held as customer credit.
 CASH_APPLICATION = "cash-application"
 
+# Why money signals are refused once the deal is written off.
+COLLECTION_ENDED = "collection has ended: the deal's unpaid invoices are written off"
+
 # The latest events a new run carries in its state; the earlier ones stay in the earlier runs.
 KEEP_EVENTS = 50
 
@@ -982,7 +985,7 @@ class DealWorkflow:
         if payment.invoice_number is not None:
             named = self._invoice(payment.invoice_number)
         if self._written_off:
-            reason = "collection has ended: the deal's unpaid invoices are written off"
+            reason = COLLECTION_ENDED
         elif payment.reference in self.deal.payment_references:
             reason = f"reference {payment.reference} was already applied; counted once"
         elif (wrong_currency := self._wrong_currency(payment.currency)) is not None:
@@ -992,7 +995,7 @@ class DealWorkflow:
         elif named is not None and named.status not in ("open", "paid", "disputed"):
             reason = f"{named.number} is {named.status}"
         elif named is not None and named.number in self._charging:
-            reason = f"the card on file is being charged for {named.number}; send again after it"
+            reason = _being_charged(named)
         elif not self._cash_application:
             reason = _before_cash_application(payment, named)
         if reason is not None:
@@ -1085,7 +1088,7 @@ class DealWorkflow:
         invoice = self._invoice(note.invoice_number)
         reason = None
         if self._written_off:
-            reason = "collection has ended: the deal's unpaid invoices are written off"
+            reason = COLLECTION_ENDED
         elif note.reference in self.deal.credit_note_references:
             reason = f"reference {note.reference} was already used; counted once"
         elif (wrong_currency := self._wrong_currency(note.currency)) is not None:
@@ -1095,7 +1098,7 @@ class DealWorkflow:
         elif invoice.status not in ("open", "paid"):
             reason = f"{invoice.number} is {invoice.status}"
         elif invoice.number in self._charging:
-            reason = f"the card on file is being charged for {invoice.number}; send again after it"
+            reason = _being_charged(invoice)
         elif note.amount > invoice.amount - invoice.amount_credited:
             reason = (
                 f"{note.amount} exceeds what {invoice.number} can still be credited "
@@ -1157,7 +1160,7 @@ class DealWorkflow:
              if p.start_month <= self._month < p.start_month + p.months), None)  # fmt: skip
         reason = None
         if self._written_off:
-            reason = "collection has ended: the deal's unpaid invoices are written off"
+            reason = COLLECTION_ENDED
         elif self._changing_quantity:
             reason = "another quantity change is being priced; send again after it"
         elif line is None or line.kind != "recurring":
@@ -1247,7 +1250,7 @@ class DealWorkflow:
         chargeback = opening.payment_reference
         reason = None
         if self._written_off:
-            reason = "collection has ended: the deal's unpaid invoices are written off"
+            reason = COLLECTION_ENDED
         elif any(d.dispute_id == opening.dispute_id for d in self.deal.disputes):
             reason = f"dispute {opening.dispute_id} is already recorded; counted once"
         elif invoice is None:
@@ -1255,7 +1258,7 @@ class DealWorkflow:
         elif invoice.status not in ("open", "paid"):
             reason = f"{invoice.number} is {invoice.status}"
         elif invoice.number in self._charging:
-            reason = f"the card on file is being charged for {invoice.number}; send again after it"
+            reason = _being_charged(invoice)
         elif chargeback is not None and chargeback not in self.deal.payment_references:
             reason = f"no payment {chargeback} was applied on this deal"
         elif chargeback is not None and opening.amount > invoice.amount_paid:
@@ -1655,6 +1658,10 @@ def _continuation(payload: RawValue) -> DealContinuation | None:
         return workflow.payload_converter().from_payload(payload.payload, DealContinuation)
     except Exception:  # a lead (or a bad input, which the lead's validation reports)
         return None
+
+
+def _being_charged(invoice: InvoiceView) -> str:
+    return f"the card on file is being charged for {invoice.number}; send again after it"
 
 
 def _before_cash_application(payment: RecordPayment, named: InvoiceView | None) -> str | None:
