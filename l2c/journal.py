@@ -18,6 +18,7 @@ REVENUE_SERVICES = "4010"
 REVENUE_USAGE = "4020"
 SALES_CREDITS = "4900"
 BAD_DEBT_EXPENSE = "6100"
+CHARGEBACK_LOSSES = "6200"
 
 ACCOUNT_NAMES = {
     CASH: "Cash",
@@ -30,6 +31,7 @@ ACCOUNT_NAMES = {
     REVENUE_USAGE: "Usage revenue",
     SALES_CREDITS: "Sales credits (contra revenue)",
     BAD_DEBT_EXPENSE: "Bad debt expense",
+    CHARGEBACK_LOSSES: "Chargebacks on closed deals",
 }
 
 

@@ -22,6 +22,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -29,6 +30,7 @@ from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from l2c.closed_deals import record_chargeback
 from l2c.gateway import from_minor_units
 from l2c.local_http import BackgroundServer, BadRequest, JsonHandler
 from models.ledger import PaymentRecordRow
@@ -218,6 +220,11 @@ class _Handler(JsonHandler):
             self.server.send_signal(deal_id, name, body)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
+                if name in ("open_dispute", "close_dispute"):
+                    # Found through its payment, so the deal exists: it has closed. The gateway
+                    # moved the money anyway, so the ledger records it.
+                    done = self.server.record_closed(deal_id, name, body)
+                    return self.send_json(200, {"received": True, "recorded": done})
                 return self.send_json(404, {"error": f"no deal {deal_id[:100]}"})
             return self.send_json(503, {"error": "could not reach the deal; send again"})
         except (TimeoutError, RuntimeError):  # Temporal slow to answer, or the endpoint stopping
@@ -232,11 +239,13 @@ class _Server(BackgroundServer):
         secret: str,
         send_signal: Callable[[str, str, dict[str, str]], None],
         find_payment: PaymentLookup,
+        record_closed: Callable[[str, str, dict[str, str]], str],
     ) -> None:
         super().__init__(port, _Handler)
         self.secret = secret
         self.send_signal = send_signal
         self.find_payment = find_payment
+        self.record_closed = record_closed
 
 
 def webhook_endpoint(port: int, secret: str, client: Client, engine: Engine) -> _Server:
@@ -253,7 +262,10 @@ def webhook_endpoint(port: int, secret: str, client: Client, engine: Engine) -> 
         finally:
             sent.cancel()  # a no-op once done; else the gateway will send the event again
 
-    return _Server(port, secret, send_signal, ledger_payment_lookup(engine))
+    def record_closed(deal_id: str, name: str, body: dict[str, str]) -> str:
+        return record_chargeback(engine, deal_id, name, body, datetime.now(UTC))
+
+    return _Server(port, secret, send_signal, ledger_payment_lookup(engine), record_closed)
 
 
 def webhook_url(endpoint: BackgroundServer) -> str:

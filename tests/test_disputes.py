@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from l2c.config import Settings
 from l2c.drill import free_port
 from l2c.gateway_sandbox import SandboxGateway
-from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, SALES_CREDITS
+from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, CHARGEBACK_LOSSES, SALES_CREDITS
 from l2c.ledger_check import check_ledger
 from l2c.webhooks import sign, webhook_endpoint, webhook_url
 from models.deal import Stage
@@ -142,4 +142,38 @@ async def test_a_write_off_takes_disputed_invoices_and_closes_their_disputes(
     assert {i.status for i in final.invoices} == {"uncollectible"}
     assert final.disputes[0].status == "written_off"
     assert account_balances(sqlite_ledger, handle.id).get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
+    assert check_ledger(sqlite_ledger) == []
+
+
+async def test_a_chargeback_after_the_deal_closed_is_recorded_in_the_ledger(
+    ts_env: WorkflowEnvironment,
+    deal_worker: Settings,
+    sandbox_gateway: SandboxGateway,
+    sqlite_ledger: Engine,
+) -> None:
+    endpoint = webhook_endpoint(free_port(), SECRET, ts_env.client, sqlite_ledger)
+    endpoint.start()
+    sandbox_gateway.state.webhook = (webhook_url(endpoint), SECRET)
+    try:
+        handle = await start(ts_env.client, deal_worker.task_queue)
+        await quote_to_signature(handle, card_on_file=VISA, term_months=1,
+                                 billing_period="upfront")  # fmt: skip
+        final = await final_state(handle)  # paid by card on its due date, then won
+        assert final.stage == Stage.WON
+        invoice, intent = final.invoices[0], final.payment_references[0]
+        dispute = {"id": "dp_late", "amount": int(invoice.amount * 100), "currency": "usd",
+                   "payment_intent": intent, "reason": "fraudulent", "status": "needs_response"}  # fmt: skip
+        url = webhook_url(endpoint)
+        opened = await post_event(url, "charge.dispute.created", dispute)
+        assert opened.status_code == 200 and "recorded in the ledger" in opened.json()["recorded"]
+        again = await post_event(url, "charge.dispute.created", dispute)
+        assert "already recorded" in again.json()["recorded"]
+        balances = account_balances(sqlite_ledger, handle.id)
+        assert balances.get(CASH, ZERO) == ZERO and balances[CHARGEBACK_LOSSES] == invoice.amount
+        won = await post_event(url, "charge.dispute.closed", {**dispute, "status": "won"})
+        assert won.status_code == 200 and "won" in won.json()["recorded"]
+    finally:
+        endpoint.stop()
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[CASH] == invoice.amount and balances.get(CHARGEBACK_LOSSES, ZERO) == ZERO
     assert check_ledger(sqlite_ledger) == []
