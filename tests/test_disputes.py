@@ -4,10 +4,12 @@ The invoice is `disputed`, dunning pauses, and the dispute ends won or lost."""
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import Engine
 from temporalio.testing import WorkflowEnvironment
 
@@ -37,6 +39,20 @@ SECRET = "whsec_test"
 VISA = {"customer": "cus_acme", "payment_method": "pm_card_visa"}
 
 
+@pytest.fixture
+async def webhooks(
+    ts_env: WorkflowEnvironment, sandbox_gateway: SandboxGateway, sqlite_ledger: Engine
+) -> AsyncIterator[str]:
+    """The webhook endpoint, announced to by the sandbox gateway; yields its URL."""
+    endpoint = webhook_endpoint(free_port(), SECRET, ts_env.client, sqlite_ledger)
+    endpoint.start()
+    sandbox_gateway.state.webhook = (webhook_url(endpoint), SECRET)
+    try:
+        yield webhook_url(endpoint)
+    finally:
+        endpoint.stop()
+
+
 async def post_event(url: str, kind: str, obj: dict[str, Any]) -> httpx.Response:
     payload = json.dumps({"id": f"evt_{kind}", "type": kind, "data": {"object": obj}}).encode()
     headers = {"Stripe-Signature": sign(SECRET, payload, int(time.time())),
@@ -45,40 +61,30 @@ async def post_event(url: str, kind: str, obj: dict[str, Any]) -> httpx.Response
 
 
 async def test_a_chargeback_lost_through_the_gateways_webhooks_voids_the_invoice(
-    ts_env: WorkflowEnvironment,
-    deal_worker: Settings,
-    sandbox_gateway: SandboxGateway,
-    sqlite_ledger: Engine,
+    ts_env: WorkflowEnvironment, deal_worker: Settings, webhooks: str, sqlite_ledger: Engine
 ) -> None:
-    endpoint = webhook_endpoint(free_port(), SECRET, ts_env.client, sqlite_ledger)
-    endpoint.start()
-    sandbox_gateway.state.webhook = (webhook_url(endpoint), SECRET)
-    try:
-        handle = await start(ts_env.client, deal_worker.task_queue)
-        # Paid by card on its due date (day 30), well inside the 3-month term.
-        await quote_to_signature(handle, card_on_file=VISA, term_months=3,
-                                 billing_period="upfront")  # fmt: skip
-        paid = await advance_until(ts_env, handle, lambda s: s.invoices[0].status == "paid")
-        invoice, intent = paid.invoices[0], paid.payment_references[0]
-        dispute = {"id": "dp_1", "amount": int(invoice.amount * 100), "currency": "usd",
-                   "payment_intent": intent,
-                   "reason": "fraudulent", "status": "needs_response"}  # fmt: skip
-        url = webhook_url(endpoint)
-        opened = await post_event(url, "charge.dispute.created", dispute)
-        assert opened.status_code == 200, opened.text
-        state = await wait_until(handle, lambda s: s.invoices[0].status == "disputed")
-        assert state.invoices[0].amount_paid == ZERO and state.balance_due == invoice.amount
-        assert state.disputes[0].payment_reference == intent
-        # Delivered again: the deal counts the dispute once.
-        assert (await post_event(url, "charge.dispute.created", dispute)).status_code == 200
-        await wait_until(handle, lambda s: len(refusals(s, "open_dispute")) == 1)
-        unknown = {**dispute, "id": "dp_2", "payment_intent": "pi_nobody"}
-        assert (await post_event(url, "charge.dispute.created", unknown)).status_code == 404
-        closed = await post_event(url, "charge.dispute.closed", {**dispute, "status": "lost"})
-        assert closed.status_code == 200
-        final = await final_state(handle)
-    finally:
-        endpoint.stop()
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    # Paid by card on its due date (day 30), well inside the 3-month term.
+    await quote_to_signature(handle, card_on_file=VISA, term_months=3,
+                             billing_period="upfront")  # fmt: skip
+    paid = await advance_until(ts_env, handle, lambda s: s.invoices[0].status == "paid")
+    invoice, intent = paid.invoices[0], paid.payment_references[0]
+    dispute = {"id": "dp_1", "amount": int(invoice.amount * 100), "currency": "usd",
+               "payment_intent": intent,
+               "reason": "fraudulent", "status": "needs_response"}  # fmt: skip
+    opened = await post_event(webhooks, "charge.dispute.created", dispute)
+    assert opened.status_code == 200, opened.text
+    state = await wait_until(handle, lambda s: s.invoices[0].status == "disputed")
+    assert state.invoices[0].amount_paid == ZERO and state.balance_due == invoice.amount
+    assert state.disputes[0].payment_reference == intent
+    # Delivered again: the deal counts the dispute once.
+    assert (await post_event(webhooks, "charge.dispute.created", dispute)).status_code == 200
+    await wait_until(handle, lambda s: len(refusals(s, "open_dispute")) == 1)
+    unknown = {**dispute, "id": "dp_2", "payment_intent": "pi_nobody"}
+    assert (await post_event(webhooks, "charge.dispute.created", unknown)).status_code == 404
+    closed = await post_event(webhooks, "charge.dispute.closed", {**dispute, "status": "lost"})
+    assert closed.status_code == 200
+    final = await final_state(handle)
     assert final.stage == Stage.WON
     assert final.invoices[0].status == "void"
     assert final.invoices[0].amount_credited == invoice.amount
@@ -146,34 +152,24 @@ async def test_a_write_off_takes_disputed_invoices_and_closes_their_disputes(
 
 
 async def test_a_chargeback_after_the_deal_closed_is_recorded_in_the_ledger(
-    ts_env: WorkflowEnvironment,
-    deal_worker: Settings,
-    sandbox_gateway: SandboxGateway,
-    sqlite_ledger: Engine,
+    ts_env: WorkflowEnvironment, deal_worker: Settings, webhooks: str, sqlite_ledger: Engine
 ) -> None:
-    endpoint = webhook_endpoint(free_port(), SECRET, ts_env.client, sqlite_ledger)
-    endpoint.start()
-    sandbox_gateway.state.webhook = (webhook_url(endpoint), SECRET)
-    try:
-        handle = await start(ts_env.client, deal_worker.task_queue)
-        await quote_to_signature(handle, card_on_file=VISA, term_months=1,
-                                 billing_period="upfront")  # fmt: skip
-        final = await final_state(handle)  # paid by card on its due date, then won
-        assert final.stage == Stage.WON
-        invoice, intent = final.invoices[0], final.payment_references[0]
-        dispute = {"id": "dp_late", "amount": int(invoice.amount * 100), "currency": "usd",
-                   "payment_intent": intent, "reason": "fraudulent", "status": "needs_response"}  # fmt: skip
-        url = webhook_url(endpoint)
-        opened = await post_event(url, "charge.dispute.created", dispute)
-        assert opened.status_code == 200 and "recorded in the ledger" in opened.json()["recorded"]
-        again = await post_event(url, "charge.dispute.created", dispute)
-        assert "already recorded" in again.json()["recorded"]
-        balances = account_balances(sqlite_ledger, handle.id)
-        assert balances.get(CASH, ZERO) == ZERO and balances[CHARGEBACK_LOSSES] == invoice.amount
-        won = await post_event(url, "charge.dispute.closed", {**dispute, "status": "won"})
-        assert won.status_code == 200 and "won" in won.json()["recorded"]
-    finally:
-        endpoint.stop()
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await quote_to_signature(handle, card_on_file=VISA, term_months=1,
+                             billing_period="upfront")  # fmt: skip
+    final = await final_state(handle)  # paid by card on its due date, then won
+    assert final.stage == Stage.WON
+    invoice, intent = final.invoices[0], final.payment_references[0]
+    dispute = {"id": "dp_late", "amount": int(invoice.amount * 100), "currency": "usd",
+               "payment_intent": intent, "reason": "fraudulent", "status": "needs_response"}  # fmt: skip
+    opened = await post_event(webhooks, "charge.dispute.created", dispute)
+    assert opened.status_code == 200 and "recorded in the ledger" in opened.json()["recorded"]
+    again = await post_event(webhooks, "charge.dispute.created", dispute)
+    assert "already recorded" in again.json()["recorded"]
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances.get(CASH, ZERO) == ZERO and balances[CHARGEBACK_LOSSES] == invoice.amount
+    won = await post_event(webhooks, "charge.dispute.closed", {**dispute, "status": "won"})
+    assert won.status_code == 200 and "won" in won.json()["recorded"]
     balances = account_balances(sqlite_ledger, handle.id)
     assert balances[CASH] == invoice.amount and balances.get(CHARGEBACK_LOSSES, ZERO) == ZERO
     assert check_ledger(sqlite_ledger) == []
