@@ -585,18 +585,15 @@ class DealWorkflow:
             self.deal.billed_through = period.start_month + period.months
             for month in range(period.start_month + 1, period.start_month + period.months + 1):
                 schedule[month] = schedule.get(month, ZERO) + quote.monthly_recurring_net
+        # A proration is revenue once billed: the months it covered that already ended now (below,
+        # once the invoice is in the deal's view), the rest at their month ends. Never billed (a
+        # write-off first), never recognized.
+        delivered: list[tuple[int, Decimal]] = []
         for pending in billed:
-            # A proration is revenue once billed: the months it covered that already ended now,
-            # the rest at their month ends. Never billed (a write-off first), never recognized.
             for month, part in pending.recognition.items():
                 schedule[month] = schedule.get(month, ZERO) + part
-            due = sum(
-                (schedule.pop(m) for m in list(schedule) if m <= self._recognized_through), ZERO
-            )
-            if due:
-                await self.recognize(
-                    f"proration-{pending.change}", "subscription", due, quote.currency
-                )
+            ended = [m for m in schedule if m <= self._recognized_through]
+            delivered.append((pending.change, sum((schedule.pop(m) for m in ended), ZERO)))
         if issued is None:
             return  # usage within the commitment and no period starting: nothing to bill
         # Usage billed in arrears was delivered: it is revenue as soon as it is invoiced.
@@ -624,6 +621,11 @@ class DealWorkflow:
             await self._apply_held_credit()
         if invoice.status == "open":
             self._collect_in_background(invoice, due_at)
+        for change, amount in delivered:
+            if amount:
+                self._billing_step_running = True  # a write-off waits for it
+                await self.recognize(f"proration-{change}", "subscription", amount, quote.currency)
+                self._billing_step_running = False
 
     def _collect_in_background(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning and, with a card on file, card charges for an open invoice."""
