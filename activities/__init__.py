@@ -45,6 +45,7 @@ def build_activities(
         billing.credit_proration,
         billing.open_dispute,
         billing.close_dispute,
+        billing.record_chargeback,
         billing.send_dunning_reminder,
         billing.write_off_deal,
         revenue.recognize_revenue,

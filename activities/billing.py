@@ -8,6 +8,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from l2c.closed_deals import record_chargeback
 from l2c.config import TaxTable
 from l2c.db import CREDIT_NOTE_SERIES, INVOICE_SERIES, take_next_number
 from l2c.documents import render, render_email
@@ -34,6 +35,7 @@ from models.documents import (
     DunningNotice,
     InvoiceRequest,
     IssuedInvoice,
+    LedgerChargeback,
     PaymentRecord,
     ProrationCredit,
     RefundRequest,
@@ -432,6 +434,13 @@ class BillingActivities:
             invoice.status = "disputed"
             session.add(invoice)
             session.commit()
+
+    @activity.defn
+    def record_chargeback(self, chargeback: LedgerChargeback) -> str:
+        """A chargeback the deal's invoices cannot take: the money still moved, so the ledger
+        records it (once per dispute id)."""
+        return record_chargeback(self._engine, chargeback.deal_id, chargeback.signal,
+                                 chargeback.body, chargeback.at)  # fmt: skip
 
     @activity.defn
     def close_dispute(self, closing: DisputeClosing) -> None:

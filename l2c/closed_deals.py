@@ -1,7 +1,9 @@
-"""Chargebacks that arrive after their deal has closed (a card dispute can come months later).
+"""Chargebacks the deal's invoices cannot take: ones that arrive after the deal has closed (a card
+dispute can come months later; the webhook records them), and ones a running deal refuses (a void
+invoice, say; the deal records them through an activity).
 
-The deal's workflow is gone, so the webhook records them in the ledger directly: the money the
-gateway took back, and its return if the dispute is won. Nothing the gateway moved is lost.
+The ledger records the money the gateway took back, and its return if the dispute is won, as a
+chargeback loss outside the invoices. Nothing the gateway moved is lost.
 """
 
 from datetime import datetime
@@ -34,19 +36,19 @@ def record_chargeback(
                                       reason=body["reason"], opened_at=at))  # fmt: skip
             post_entry(session, entry_key=f"{deal_id}:chargeback:{body['dispute_id']}",
                        deal_id=deal_id, currency=invoice_currency, posted_at=at,
-                       memo=f"Chargeback {body['dispute_id']} after the deal closed",
+                       memo=f"Chargeback {body['dispute_id']} outside the deal's invoices",
                        lines=[(CHARGEBACK_LOSSES, amount, ZERO), (CASH, ZERO, amount)])  # fmt: skip
             session.commit()
-            return "chargeback recorded in the ledger: the deal has closed"
+            return "chargeback recorded in the ledger, outside the deal's invoices"
         if dispute is None or dispute.deal_id != deal_id or dispute.status != "open":
-            return f"no open dispute {body['dispute_id']} on the closed deal"
+            return f"no open dispute {body['dispute_id']} outside the deal's invoices"
         dispute.status = body["outcome"]
         dispute.closed_at = at
         session.add(dispute)
         if body["outcome"] == "won":
             post_entry(session, entry_key=f"{deal_id}:chargeback-reversed:{dispute.dispute_id}",
                        deal_id=deal_id, currency=dispute.currency, posted_at=at,
-                       memo=f"Chargeback {dispute.dispute_id} won after the deal closed",
+                       memo=f"Chargeback {dispute.dispute_id} won, outside the deal's invoices",
                        lines=[(CASH, dispute.amount, ZERO),
                               (CHARGEBACK_LOSSES, ZERO, dispute.amount)])  # fmt: skip
         session.commit()

@@ -31,7 +31,7 @@ ACCOUNT_NAMES = {
     REVENUE_USAGE: "Usage revenue",
     SALES_CREDITS: "Sales credits (contra revenue)",
     BAD_DEBT_EXPENSE: "Bad debt expense",
-    CHARGEBACK_LOSSES: "Chargebacks on closed deals",
+    CHARGEBACK_LOSSES: "Chargebacks outside invoices",
 }
 
 

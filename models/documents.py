@@ -269,6 +269,16 @@ class DisputeOpening(BaseModel):
     opened_at: datetime
 
 
+class LedgerChargeback(BaseModel):
+    """A chargeback the deal's invoices cannot take, recorded in the ledger all the same (see
+    l2c/closed_deals.py): `signal` and `body` as the webhook would have sent them."""
+
+    deal_id: str
+    signal: Literal["open_dispute", "close_dispute"]
+    body: dict[str, str]
+    at: datetime
+
+
 class DisputeClosing(BaseModel):
     deal_id: str
     dispute_id: str

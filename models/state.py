@@ -78,7 +78,8 @@ class DisputeView(BaseModel):
     # the customer contests before paying.
     payment_reference: str | None
     reason: str
-    status: Literal["open", "won", "lost", "written_off"] = "open"
+    # ledger_only: a chargeback the invoices could not take, recorded in the ledger all the same.
+    status: Literal["open", "won", "lost", "written_off", "ledger_only"] = "open"
     opened_at: datetime
     closed_at: datetime | None = None
 

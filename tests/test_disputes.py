@@ -173,3 +173,38 @@ async def test_a_chargeback_after_the_deal_closed_is_recorded_in_the_ledger(
     balances = account_balances(sqlite_ledger, handle.id)
     assert balances[CASH] == invoice.amount and balances.get(CHARGEBACK_LOSSES, ZERO) == ZERO
     assert check_ledger(sqlite_ledger) == []
+
+
+async def test_a_chargeback_the_invoices_cannot_take_is_recorded_outside_them(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, webhooks: str, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await quote_to_signature(handle, card_on_file=VISA, term_months=3, billing_period="upfront")
+    paid = await advance_until(ts_env, handle, lambda s: s.invoices[0].status == "paid")
+    invoice, intent = paid.invoices[0], paid.payment_references[0]
+    # Credited in full after payment: void, its money held as customer credit.
+    await signal(handle, "issue_credit_note", {"invoice_number": invoice.number,
+                                              "amount": str(invoice.amount), "reason": "cancelled",
+                                              "reference": "CN-1", "issued_by": "fay.finance"})  # fmt: skip
+    await wait_until(handle, lambda s: s.invoices[0].status == "void")
+    dispute = {"id": "dp_9", "amount": int(invoice.amount * 100), "currency": "usd",
+               "payment_intent": intent, "reason": "fraudulent", "status": "needs_response"}  # fmt: skip
+    assert (await post_event(webhooks, "charge.dispute.created", dispute)).status_code == 200
+    state = await wait_until(handle, lambda s: bool(s.disputes))
+    assert state.disputes[0].status == "ledger_only"
+    assert any(e.kind == "dispute_outside_invoices" and "is void" in e.detail for e in state.events)
+    for _ in range(200):  # the ledger posting follows the deal's decision
+        balances = account_balances(sqlite_ledger, handle.id)
+        if CHARGEBACK_LOSSES in balances:
+            break
+        await asyncio.sleep(0.05)
+    assert balances[CHARGEBACK_LOSSES] == invoice.amount and balances.get(CASH, ZERO) == ZERO
+    closed = await post_event(webhooks, "charge.dispute.closed", {**dispute, "status": "won"})
+    assert closed.status_code == 200
+    await wait_until(handle, lambda s: s.disputes[0].status == "won")
+    await signal(handle, "refund_credit", {"amount": str(invoice.amount), "reference": "RF-1"})
+    final = await final_state(handle)
+    assert final.stage == Stage.WON
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances.get(CHARGEBACK_LOSSES, ZERO) == ZERO and balances.get(CASH, ZERO) == ZERO
+    assert check_ledger(sqlite_ledger) == []

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         EntitlementChange,
         InvoiceRequest,
         IssuedInvoice,
+        LedgerChargeback,
         NurtureTouch,
         OrderRequest,
         PaymentRecord,
@@ -1270,7 +1271,13 @@ class DealWorkflow:
                 f"{opening.amount} exceeds the balance due of {invoice.number} ({invoice.balance})"
             )
         if reason is not None or invoice is None:
-            self._refuse("open_dispute", opening.by, reason or "refused")
+            duplicate = any(d.dispute_id == opening.dispute_id for d in self.deal.disputes)
+            if chargeback in self.deal.payment_references and not duplicate and invoice:
+                # The gateway took this deal's money back whatever the invoices say: the ledger
+                # records it outside them, so nothing it moved is lost.
+                await self._chargeback_outside_invoices(opening, reason or "refused")
+            else:
+                self._refuse("open_dispute", opening.by, reason or "refused")
             return
         if chargeback is not None:
             invoice.amount_paid -= opening.amount  # the gateway took the money back
@@ -1306,6 +1313,40 @@ class DealWorkflow:
             f"open dispute {opening.dispute_id}",
         )
 
+    async def _chargeback_outside_invoices(self, opening: OpenDispute, why: str) -> None:
+        assert opening.payment_reference is not None
+        self.deal.disputes.append(
+            DisputeView(
+                dispute_id=opening.dispute_id,
+                invoice_number=opening.invoice_number,
+                amount=opening.amount,
+                payment_reference=opening.payment_reference,
+                reason=opening.reason,
+                status="ledger_only",
+                opened_at=workflow.now(),
+            )
+        )
+        self._record("dispute_outside_invoices", opening.by,
+                     f"chargeback {opening.dispute_id} of {opening.amount} on "
+                     f"{opening.payment_reference}: the invoices cannot take it ({why}); "
+                     "recorded in the ledger as a chargeback loss")  # fmt: skip
+        await self._post(
+            BillingActivities.record_chargeback,
+            LedgerChargeback(
+                deal_id=self.deal_id,
+                signal="open_dispute",
+                at=workflow.now(),
+                body={
+                    "dispute_id": opening.dispute_id,
+                    "invoice_number": opening.invoice_number,
+                    "amount": str(opening.amount),
+                    "reason": opening.reason,
+                    "payment_reference": opening.payment_reference,
+                },
+            ),
+            f"record chargeback {opening.dispute_id} in the ledger",
+        )
+
     @workflow.signal(
         description="Close a dispute: won (the invoice stands; a chargeback's money returns) or "
         'lost (its amount is credited). {"dispute_id": "dp_123", "outcome": "won"}'
@@ -1315,6 +1356,22 @@ class DealWorkflow:
         if closing is None:
             return
         dispute = next((d for d in self.deal.disputes if d.dispute_id == closing.dispute_id), None)
+        if dispute is not None and dispute.status == "ledger_only":
+            dispute.status = closing.outcome
+            dispute.closed_at = workflow.now()
+            self._record("dispute_closed", closing.by,
+                         f"{dispute.dispute_id}: {closing.outcome} (outside the invoices)")  # fmt: skip
+            await self._post(
+                BillingActivities.record_chargeback,
+                LedgerChargeback(
+                    deal_id=self.deal_id,
+                    signal="close_dispute",
+                    at=workflow.now(),
+                    body={"dispute_id": dispute.dispute_id, "outcome": closing.outcome},
+                ),
+                f"close chargeback {dispute.dispute_id} in the ledger",
+            )
+            return
         if dispute is None or dispute.status != "open":
             reason = (
                 f"no dispute {closing.dispute_id} on this deal"
