@@ -1283,16 +1283,7 @@ class DealWorkflow:
             invoice.amount_paid -= opening.amount  # the gateway took the money back
         invoice.status = "disputed"
         invoice.disputed_since = workflow.now()
-        self.deal.disputes.append(
-            DisputeView(
-                dispute_id=opening.dispute_id,
-                invoice_number=invoice.number,
-                amount=opening.amount,
-                payment_reference=chargeback,
-                reason=opening.reason,
-                opened_at=workflow.now(),
-            )
-        )
+        self._add_dispute(opening, "open")
         self._refresh_balance()
         kind = f"chargeback of {chargeback}" if chargeback else "contested"
         self._record("dispute_opened", opening.by,
@@ -1313,8 +1304,7 @@ class DealWorkflow:
             f"open dispute {opening.dispute_id}",
         )
 
-    async def _chargeback_outside_invoices(self, opening: OpenDispute, why: str) -> None:
-        assert opening.payment_reference is not None
+    def _add_dispute(self, opening: OpenDispute, status: Literal["open", "ledger_only"]) -> None:
         self.deal.disputes.append(
             DisputeView(
                 dispute_id=opening.dispute_id,
@@ -1322,10 +1312,14 @@ class DealWorkflow:
                 amount=opening.amount,
                 payment_reference=opening.payment_reference,
                 reason=opening.reason,
-                status="ledger_only",
+                status=status,
                 opened_at=workflow.now(),
             )
         )
+
+    async def _chargeback_outside_invoices(self, opening: OpenDispute, why: str) -> None:
+        assert opening.payment_reference is not None
+        self._add_dispute(opening, "ledger_only")
         self._record("dispute_outside_invoices", opening.by,
                      f"chargeback {opening.dispute_id} of {opening.amount} on "
                      f"{opening.payment_reference}: the invoices cannot take it ({why}); "
