@@ -80,6 +80,7 @@ class DisputeView(BaseModel):
     reason: str
     # ledger_only: a chargeback the invoices could not take, recorded in the ledger all the same.
     status: Literal["open", "won", "lost", "written_off", "ledger_only"] = "open"
+    from_credit: bool = False  # ledger_only, taken out of the customer's credit
     opened_at: datetime
     closed_at: datetime | None = None
 

@@ -16,7 +16,13 @@ from temporalio.testing import WorkflowEnvironment
 from l2c.config import Settings
 from l2c.drill import free_port
 from l2c.gateway_sandbox import SandboxGateway
-from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, CHARGEBACK_LOSSES, SALES_CREDITS
+from l2c.journal import (
+    ACCOUNTS_RECEIVABLE,
+    CASH,
+    CHARGEBACK_LOSSES,
+    CUSTOMER_CREDIT,
+    SALES_CREDITS,
+)
 from l2c.ledger_check import check_ledger
 from l2c.webhooks import sign, webhook_endpoint, webhook_url
 from models.deal import Stage
@@ -175,7 +181,7 @@ async def test_a_chargeback_after_the_deal_closed_is_recorded_in_the_ledger(
     assert check_ledger(sqlite_ledger) == []
 
 
-async def test_a_chargeback_the_invoices_cannot_take_is_recorded_outside_them(
+async def test_a_chargeback_of_money_held_as_credit_pays_that_credit_back(
     ts_env: WorkflowEnvironment, deal_worker: Settings, webhooks: str, sqlite_ledger: Engine
 ) -> None:
     handle = await start(ts_env.client, deal_worker.task_queue)
@@ -191,20 +197,23 @@ async def test_a_chargeback_the_invoices_cannot_take_is_recorded_outside_them(
                "payment_intent": intent, "reason": "fraudulent", "status": "needs_response"}  # fmt: skip
     assert (await post_event(webhooks, "charge.dispute.created", dispute)).status_code == 200
     state = await wait_until(handle, lambda s: bool(s.disputes))
-    assert state.disputes[0].status == "ledger_only"
+    assert state.disputes[0].status == "ledger_only" and state.disputes[0].from_credit
+    assert state.customer_credit == ZERO
     assert any(e.kind == "dispute_outside_invoices" and "is void" in e.detail for e in state.events)
     for _ in range(200):  # the ledger posting follows the deal's decision
         balances = account_balances(sqlite_ledger, handle.id)
-        if CHARGEBACK_LOSSES in balances:
+        if balances.get(CASH, ZERO) == ZERO:
             break
         await asyncio.sleep(0.05)
-    assert balances[CHARGEBACK_LOSSES] == invoice.amount and balances.get(CASH, ZERO) == ZERO
+    assert balances.get(CASH, ZERO) == ZERO and balances.get(CUSTOMER_CREDIT, ZERO) == ZERO
+    # Won: the money comes back, and with nothing open it is the customer's credit again.
     closed = await post_event(webhooks, "charge.dispute.closed", {**dispute, "status": "won"})
     assert closed.status_code == 200
-    await wait_until(handle, lambda s: s.disputes[0].status == "won")
+    await wait_until(handle, lambda s: s.customer_credit == invoice.amount)
     await signal(handle, "refund_credit", {"amount": str(invoice.amount), "reference": "RF-1"})
     final = await final_state(handle)
-    assert final.stage == Stage.WON
+    assert final.stage == Stage.WON and final.disputes[0].status == "won"
     balances = account_balances(sqlite_ledger, handle.id)
-    assert balances.get(CHARGEBACK_LOSSES, ZERO) == ZERO and balances.get(CASH, ZERO) == ZERO
+    assert balances.get(CASH, ZERO) == ZERO and balances.get(CUSTOMER_CREDIT, ZERO) == ZERO
+    assert balances.get(CHARGEBACK_LOSSES, ZERO) == ZERO
     assert check_ledger(sqlite_ledger) == []

@@ -1320,10 +1320,30 @@ class DealWorkflow:
     async def _chargeback_outside_invoices(self, opening: OpenDispute, why: str) -> None:
         assert opening.payment_reference is not None
         self._add_dispute(opening, "ledger_only")
+        # The money had become the customer's credit (a void invoice, say): the chargeback pays
+        # that credit back, as a refund would. Otherwise it is a loss outside the invoices.
+        from_credit = self.deal.customer_credit >= opening.amount
         self._record("dispute_outside_invoices", opening.by,
                      f"chargeback {opening.dispute_id} of {opening.amount} on "
                      f"{opening.payment_reference}: the invoices cannot take it ({why}); "
-                     "recorded in the ledger as a chargeback loss")  # fmt: skip
+                     + ("it pays back the customer's credit" if from_credit
+                        else "recorded in the ledger as a chargeback loss"))  # fmt: skip
+        if from_credit:
+            self.deal.disputes[-1].from_credit = True
+            self.deal.customer_credit -= opening.amount
+            await self._post(
+                BillingActivities.refund_credit,
+                RefundRequest(
+                    deal_id=self.deal_id,
+                    amount=opening.amount,
+                    currency=self.deal.lead.currency,
+                    reference=f"chargeback:{opening.dispute_id}",
+                    recorded_by=opening.by,
+                    refunded_at=workflow.now(),
+                ),
+                f"chargeback {opening.dispute_id} from customer credit",
+            )
+            return
         await self._post(
             BillingActivities.record_chargeback,
             LedgerChargeback(
@@ -1355,6 +1375,13 @@ class DealWorkflow:
             dispute.closed_at = workflow.now()
             self._record("dispute_closed", closing.by,
                          f"{dispute.dispute_id}: {closing.outcome} (outside the invoices)")  # fmt: skip
+            if dispute.from_credit:
+                if closing.outcome == "won":  # the money comes back, as a payment would
+                    await self._apply_payment(
+                        dispute.amount, f"chargeback-reversed:{dispute.dispute_id}",
+                        closing.by, None,
+                    )  # fmt: skip
+                return
             await self._post(
                 BillingActivities.record_chargeback,
                 LedgerChargeback(
