@@ -5,6 +5,7 @@ itself; it receives the result of the `price_quote` activity, which calls `price
 """
 
 from decimal import Decimal
+from typing import Any
 
 from l2c.config import ApprovalMatrix, Catalog, Product
 from models.documents import (
@@ -71,7 +72,7 @@ def usage_overage(line: PricedLine, discount_percent: Decimal, metered: int) -> 
     beyond = _through_tiers(line.usage_tiers, units) - _through_tiers(
         line.usage_tiers, line.quantity
     )
-    return to_cents(beyond * (HUNDRED - discount_percent) / HUNDRED)
+    return _discounted(beyond, discount_percent)
 
 
 def _price_line(product: Product, quantity: int, request: QuoteRequest) -> PricedLine:
@@ -81,14 +82,14 @@ def _price_line(product: Product, quantity: int, request: QuoteRequest) -> Price
             f"{product.sku} has no {currency} price (price lists: "
             f"{', '.join(sorted(product.currencies()))})"
         )
-    keep = (HUNDRED - request.submission.discount_percent) / HUNDRED
+    discount = request.submission.discount_percent
     term = request.submission.term_months
     monthly_list: Decimal | None = None
     monthly_net: Decimal | None = None
     tiers: list[UsageTier] | None = None
     if product.kind == "one_time":
         list_amount = to_cents(product.prices[currency] * quantity)
-        net_amount = to_cents(list_amount * keep)
+        net_amount = _discounted(list_amount, discount)
     else:
         if product.kind == "usage":
             tiers = usage_tiers(product, currency)
@@ -97,7 +98,7 @@ def _price_line(product: Product, quantity: int, request: QuoteRequest) -> Price
             monthly_list = to_cents(product.prices[currency] * quantity)
         # The defined rounding point: the discounted monthly amount is rounded once, and every
         # invoice and recognition is a whole number of those months, so they add up to the cent.
-        monthly_net = to_cents(monthly_list * keep)
+        monthly_net = _discounted(monthly_list, discount)
         list_amount, net_amount = monthly_list * term, monthly_net * term
     return PricedLine(
         sku=product.sku,
@@ -224,27 +225,40 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
         discount_percent=submission.discount_percent,
         term_months=submission.term_months,
         billing_period=submission.billing_period,
-        lines=lines,
-        list_total=sum((line.list_amount for line in lines), ZERO),
-        net_total=sum((line.net_amount for line in lines), ZERO),
-        monthly_recurring_net=sum((line.monthly_net or ZERO for line in lines), ZERO),
-        one_time_net=sum((line.net_amount for line in lines if line.kind == "one_time"), ZERO),
-        billing_plan=billing_plan(lines, submission.billing_period, submission.term_months),
+        **_derived_from_lines(lines, submission.billing_period, submission.term_months),
     )
     return QuotePricing(quote=quote, approval=approval)
+
+
+def _derived_from_lines(
+    lines: list[PricedLine], billing_period: BillingPeriod, term_months: int
+) -> dict[str, Any]:
+    """A quote's totals and billing plan, which follow from its lines."""
+    return {
+        "lines": lines,
+        "list_total": sum((line.list_amount for line in lines), ZERO),
+        "net_total": sum((line.net_amount for line in lines), ZERO),
+        "monthly_recurring_net": sum((line.monthly_net or ZERO for line in lines), ZERO),
+        "one_time_net": sum((line.net_amount for line in lines if line.kind == "one_time"), ZERO),
+        "billing_plan": billing_plan(lines, billing_period, term_months),
+    }
+
+
+def _discounted(amount: Decimal, discount_percent: Decimal) -> Decimal:
+    """The defined rounding point: a discounted amount, rounded once, half-even."""
+    return to_cents(amount * (HUNDRED - discount_percent) / HUNDRED)
 
 
 def change_quantity(quote: Quote, sku: str, quantity: int) -> Quote:
     """The quote with one recurring line at a new quantity, at the unit price and discount the
     signed quote locked, its billing plan rebuilt; the deal bills its later periods from this."""
-    keep = (HUNDRED - quote.discount_percent) / HUNDRED
     lines = []
     for line in quote.lines:
         if line.sku == sku:
             if line.kind != "recurring" or line.monthly_list is None:
                 raise QuoteRefused(f"{sku} is not a recurring line")
             monthly_list = to_cents(line.monthly_list / line.quantity * quantity)
-            monthly_net = to_cents(monthly_list * keep)
+            monthly_net = _discounted(monthly_list, quote.discount_percent)
             line = line.model_copy(update={
                 "quantity": quantity, "monthly_list": monthly_list, "monthly_net": monthly_net,
                 "list_amount": monthly_list * quote.term_months,
@@ -252,11 +266,7 @@ def change_quantity(quote: Quote, sku: str, quantity: int) -> Quote:
         lines.append(line)
     return quote.model_copy(
         update={
-            "lines": lines,
-            "list_total": sum((line.list_amount for line in lines), ZERO),
-            "net_total": sum((line.net_amount for line in lines), ZERO),
-            "monthly_recurring_net": sum((line.monthly_net or ZERO for line in lines), ZERO),
-            "billing_plan": billing_plan(lines, quote.billing_period, quote.term_months),
+            **_derived_from_lines(lines, quote.billing_period, quote.term_months),
         }
     )
 
