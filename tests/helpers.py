@@ -2,9 +2,10 @@
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -129,6 +130,22 @@ async def pay_in_full(handle: Handle, invoice: InvoiceView) -> None:
                                            "reference": f"BANK-{invoice.number}"})  # fmt: skip
     await wait_until(handle, lambda s: any(i.number == invoice.number and i.status == "paid"
                                            for i in s.invoices))  # fmt: skip
+
+
+def usage_lines(deal_id: str, *events: tuple[str, datetime, int]) -> list[str]:
+    """API_CALLS usage events as JSON Lines: (id, when, calls) each."""
+    return [
+        json.dumps(
+            {
+                "id": event_id,
+                "deal_id": deal_id,
+                "sku": "API_CALLS",
+                "quantity": calls,
+                "occurred_at": at.isoformat(),
+            }
+        )
+        for event_id, at, calls in events
+    ]
 
 
 def refusals(state: DealState, signal_name: str) -> list[str]:

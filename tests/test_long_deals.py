@@ -31,6 +31,7 @@ from tests.helpers import (
     quote_to_signature,
     signal,
     start,
+    usage_lines,
     wait_until,
 )
 
@@ -160,8 +161,7 @@ async def test_a_24_month_subscription_with_usage_runs_in_two_runs_and_bills_all
     month = [state.policy.months_after(state.activated_at, m) for m in range(25)]
     # Usage above the 100-thousand commitment in month 13 (the first of run 2) and month 24.
     events = [(f"u{m}", month[m - 1] + timedelta(days=1), 150_000) for m in (13, 24)]
-    lines = [json.dumps({"id": i, "deal_id": handle.id, "sku": "API_CALLS", "quantity": q,
-                         "occurred_at": at.isoformat()}) for i, at, q in events]  # fmt: skip
+    lines = usage_lines(handle.id, *events)
     assert ingest_usage(sqlite_ledger, lines, rules.catalog).accepted == 2
     for n in range(25):
         state = await advance_until(ts_env, handle, lambda s, n=n: len(s.invoices) > n,

@@ -1,6 +1,5 @@
 """Metered usage billed in arrears: overage above the commitment, late events, the last month."""
 
-import json
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -23,22 +22,8 @@ from tests.helpers import (
     pay_in_full,
     quote_to_signature,
     start,
+    usage_lines,
 )
-
-
-def usage_lines(deal_id: str, *events: tuple[str, datetime, int]) -> list[str]:
-    return [
-        json.dumps(
-            {
-                "id": event_id,
-                "deal_id": deal_id,
-                "sku": "API_CALLS",
-                "quantity": calls,
-                "occurred_at": at.isoformat(),
-            }
-        )
-        for event_id, at, calls in events
-    ]
 
 
 def invoice_lines(ledger: Engine, number: str) -> list[InvoiceLineRecord]:
