@@ -114,7 +114,6 @@ class DealState(BaseModel):
     recognition_schedule: dict[int, Decimal] = Field(default_factory=dict)
     pending_adjustments: list[PendingProration] = Field(default_factory=list)
     quantity_changes: int = 0
-    billed_through: int = 0  # the month the periods invoiced so far reach (exclusive)
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
     # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'

@@ -462,18 +462,15 @@ class DealWorkflow:
     def _seed_recognition(self, quote: Quote, first_month: int) -> None:
         """A run continued from one recorded before the recognition schedule existed: the months
         left in the period under way, billed in the earlier run, are recognized as before."""
-        if not self.deal.billed_through:
-            billed = {invoice.period_index for invoice in self.deal.invoices}
-            self.deal.billed_through = max(
-                (p.start_month + p.months for p in quote.billing_plan if p.index in billed),
-                default=0,
-            )
         if self.deal.recognition_schedule or self.deal.quantity_changes:
             return
         for period in quote.billing_plan:
             if period.start_month < first_month < period.start_month + period.months:
                 for month in range(first_month + 1, period.start_month + period.months + 1):
                     self.deal.recognition_schedule[month] = quote.monthly_recurring_net
+
+    def _invoiced(self, period_index: int) -> bool:
+        return any(invoice.period_index == period_index for invoice in self.deal.invoices)
 
     def _plan(self) -> Quote:
         return self.deal.current_plan or self._signed_quote()
@@ -583,7 +580,6 @@ class DealWorkflow:
         del self.deal.pending_adjustments[: len(adjustments)]
         schedule = self.deal.recognition_schedule
         if period is not None:  # each month of the period is recognized at its end
-            self.deal.billed_through = period.start_month + period.months
             for month in range(period.start_month + 1, period.start_month + period.months + 1):
                 schedule[month] = schedule.get(month, ZERO) + quote.monthly_recurring_net
         # A proration is revenue once billed: the months it covered that already ended now (below,
@@ -1173,7 +1169,7 @@ class DealWorkflow:
             reason = f"{change.sku} is already at {change.quantity}"
         elif period is None or self._recognized_through >= plan.term_months:
             reason = "the term is over"
-        elif self._billing_step_running or period.start_month >= self.deal.billed_through:
+        elif self._billing_step_running or not self._invoiced(period.index):
             reason = "the period starting now is being invoiced; send again after it"
         if reason is not None or period is None or line is None:
             self._refuse("change_quantity", change.by, reason or "refused")
