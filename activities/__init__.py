@@ -38,6 +38,7 @@ def build_activities(
         fulfilment.set_entitlements_active,
         fulfilment.change_quantity,
         billing.issue_invoice,
+        billing.finalize_invoice,
         billing.apply_payment,
         billing.apply_credit,
         billing.issue_credit_note,

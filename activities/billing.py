@@ -26,6 +26,7 @@ from l2c.journal import (
 from l2c.mail import Mailer
 from l2c.usage import bill_usage
 from models.cash import settled_status
+from models.deal import LeadInput
 from models.documents import (
     CreditApplication,
     CreditNoteIssued,
@@ -33,6 +34,7 @@ from models.documents import (
     DisputeClosing,
     DisputeOpening,
     DunningNotice,
+    InvoiceFinalization,
     InvoiceRequest,
     IssuedInvoice,
     LedgerChargeback,
@@ -67,6 +69,7 @@ def _issued(session: Session, row: InvoiceRecord) -> IssuedInvoice:
         issued_on=row.issued_on,
         due_date=row.due_date,
         usage_amount=_usage_billed(session, row.number),
+        draft=row.status == "draft",
     )
 
 
@@ -145,6 +148,58 @@ def _tax_share(invoice: InvoiceRecord, part: Decimal) -> Decimal:
     return tax_in(invoice.amount_credited + part) - tax_in(invoice.amount_credited)
 
 
+def _render_invoice(session: Session, row: InvoiceRecord, lead: LeadInput) -> str:
+    """The invoice as the customer sees it, from its stored lines (marked DRAFT until final)."""
+    lines = session.exec(
+        select(InvoiceLineRecord)
+        .where(InvoiceLineRecord.invoice_number == row.number)
+        .order_by(col(InvoiceLineRecord.line_no))
+    ).all()
+    return render(
+        "invoice.html",
+        number=row.number,
+        draft=row.status == "draft",
+        deal_id=row.deal_id,
+        lead=lead,
+        lines=lines,
+        taxes=[line.tax_amount for line in lines],
+        tax_rate=lines[0].tax_rate if lines else ZERO,
+        subtotal=row.amount - row.tax_amount,
+        tax=row.tax_amount,
+        amount=row.amount,
+        currency=row.currency,
+        issued_on=row.issued_on,
+        due_date=row.due_date,
+        service_from=row.service_from,
+        service_to=row.service_to,
+    )
+
+
+def _finalize(session: Session, row: InvoiceRecord, lead: LeadInput) -> None:
+    """Make an invoice final: open (payable), rendered as sent, and receivable in the journal."""
+    row.status = "open"
+    row.html = _render_invoice(session, row, lead)
+    session.add(row)
+    if row.amount > 0:
+        # Billed in advance: deferred until delivered. Usage in arrears: already delivered.
+        usage_amount = _usage_billed(session, row.number)
+        credits = [
+            (DEFERRED_REVENUE, ZERO, row.amount - row.tax_amount - usage_amount),
+            (REVENUE_USAGE, ZERO, usage_amount),
+            (TAX_PAYABLE, ZERO, row.tax_amount),
+        ]
+        post_entry(
+            session,
+            entry_key=f"{row.deal_id}:invoice:{row.number}",
+            deal_id=row.deal_id,
+            currency=row.currency,
+            memo=f"Invoice {row.number} issued",
+            posted_at=activity.info().current_attempt_scheduled_time,
+            lines=[(ACCOUNTS_RECEIVABLE, row.amount, ZERO), *(c for c in credits if c[2] > 0)],
+        )
+    session.flush()
+
+
 class BillingActivities:
     def __init__(self, engine: Engine, mailer: Mailer, tax: TaxTable | None = None):
         self._engine = engine
@@ -175,6 +230,22 @@ class BillingActivities:
                     raise
                 return _issued(session, row)
 
+    @activity.defn
+    def finalize_invoice(self, request: InvoiceFinalization) -> IssuedInvoice:
+        """Make a draft final once its review window is over: dated as sent, due by its terms,
+        receivable in the journal. Its number was taken with the draft, and every draft is made
+        final, so the series stays gap-free. A second attempt finds it final and changes nothing."""
+        with Session(self._engine) as session:
+            row = session.get(InvoiceRecord, request.invoice_number, with_for_update=True)
+            if row is None or row.deal_id != request.deal_id:
+                raise _ledger_conflict(f"invoice {request.invoice_number} is not this deal's")
+            if row.status == "draft":
+                row.issued_on, row.due_date = request.issued_on, request.due_date
+                _finalize(session, row, request.lead)
+            issued = _issued(session, row)
+            session.commit()
+            return issued
+
     def _issue_invoice(self, request: InvoiceRequest) -> IssuedInvoice | None:
         period = request.period
         with Session(self._engine) as session:
@@ -201,23 +272,6 @@ class BillingActivities:
             tax = sum(taxes, ZERO)
             amount = period_amount + usage_amount + tax
             number = f"{INVOICE_SERIES}-{take_next_number(session, INVOICE_SERIES):06d}"
-            html = render(
-                "invoice.html",
-                number=number,
-                deal_id=request.deal_id,
-                lead=request.lead,
-                lines=lines,
-                taxes=taxes,
-                tax_rate=rate,
-                subtotal=amount - tax,
-                tax=tax,
-                amount=amount,
-                currency=request.currency,
-                issued_on=request.issued_on,
-                due_date=request.due_date,
-                service_from=request.service_from,
-                service_to=request.service_to,
-            )
             row = InvoiceRecord(
                 number=number,
                 deal_id=request.deal_id,
@@ -226,11 +280,12 @@ class BillingActivities:
                 currency=request.currency,
                 amount=amount,
                 tax_amount=tax,
+                status="draft" if request.draft else "open",
                 issued_on=request.issued_on,
                 due_date=request.due_date,
                 service_from=request.service_from,
                 service_to=request.service_to,
-                html=html,
+                html="",
             )
             session.add(row)
             session.flush()
@@ -251,22 +306,11 @@ class BillingActivities:
             for charge in usage:
                 charge.record.invoice_number = number if charge.line is not None else None
                 session.add(charge.record)
-            if amount > 0:
-                # Billed in advance: deferred until delivered. Usage in arrears: already delivered.
-                credits = [
-                    (DEFERRED_REVENUE, ZERO, period_amount),
-                    (REVENUE_USAGE, ZERO, usage_amount),
-                    (TAX_PAYABLE, ZERO, tax),
-                ]
-                post_entry(
-                    session,
-                    entry_key=f"{request.deal_id}:invoice:{number}",
-                    deal_id=request.deal_id,
-                    currency=request.currency,
-                    memo=f"Invoice {number} issued",
-                    posted_at=activity.info().current_attempt_scheduled_time,
-                    lines=[(ACCOUNTS_RECEIVABLE, amount, ZERO), *(c for c in credits if c[2] > 0)],
-                )
+            session.flush()
+            if request.draft:
+                row.html = _render_invoice(session, row, request.lead)
+            else:
+                _finalize(session, row, request.lead)
             session.flush()
             issued = _issued(session, row)
             session.commit()

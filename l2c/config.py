@@ -169,6 +169,8 @@ class RoutingConfig(_Strict):
 class BillingConfig(_Strict):
     payment_terms_days: int = Field(ge=0, le=365)
     continue_as_new_every_months: int = Field(default=12, ge=1, le=120)
+    # Each invoice is a draft this long (numbered, visible, not yet payable) before it is final.
+    invoice_draft_hours: int = Field(default=0, ge=0, le=168)
 
 
 class DunningConfig(_Strict):
@@ -221,6 +223,7 @@ class PolicyConfig(_Strict):
             nurture_give_up_after_days=self.nurture.give_up_after_days,
             payment_terms_days=self.billing.payment_terms_days,
             continue_as_new_every_months=self.billing.continue_as_new_every_months,
+            invoice_draft_hours=self.billing.invoice_draft_hours,
             reminder_days_after_due=list(self.dunning.reminder_days_after_due),
             write_off_days_after_due=self.dunning.write_off_days_after_due,
             card_retry_days_after_due=list(self.dunning.card_retry_days_after_due),

@@ -117,6 +117,7 @@ class DealPolicy(BaseModel):
     card_retry_days_after_due: list[int] = [0, 3, 7]
     continue_as_new_every_months: int = 12
     suspend_at_level: int = 0
+    invoice_draft_hours: int = 0
 
     def months_after(self, start: datetime, months: int) -> datetime:
         """A month boundary of this deal: calendar months, or compressed ones in a demo."""

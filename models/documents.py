@@ -201,6 +201,17 @@ class InvoiceRequest(BaseModel):
     due_date: date
     service_from: date
     service_to: date
+    # A draft is numbered and stored but not yet payable or receivable: it waits for its review
+    # window, then `finalize_invoice` dates it and makes it final.
+    draft: bool = False
+
+
+class InvoiceFinalization(BaseModel):
+    deal_id: str
+    invoice_number: str
+    lead: LeadInput
+    issued_on: date  # the day it is sent: its terms count from here
+    due_date: date
 
 
 class IssuedInvoice(BaseModel):
@@ -210,6 +221,7 @@ class IssuedInvoice(BaseModel):
     issued_on: date
     due_date: date
     usage_amount: Decimal = Decimal("0.00")  # billed in arrears: delivered, so revenue at once
+    draft: bool = False
 
 
 class PaymentRecord(BaseModel):

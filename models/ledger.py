@@ -166,7 +166,9 @@ class InvoiceRecord(SQLModel, table=True):
     tax_amount: Decimal = money(default=Decimal("0.00"))
     amount_paid: Decimal = money(default=Decimal("0.00"))  # payments and customer credit applied
     amount_credited: Decimal = money(default=Decimal("0.00"))  # credit notes
-    status: str = Field(default="open", max_length=20)  # open, paid, void, uncollectible
+    status: str = Field(
+        default="open", max_length=20
+    )  # draft, open, paid, disputed, void, uncollectible
     issued_on: date
     due_date: date
     service_from: date

@@ -10,7 +10,7 @@ from models.deal import DealPolicy, LeadInput, Stage
 from models.documents import InvoiceLinePlan, Quote
 from models.signals import CardOnFile
 
-InvoiceStatus = Literal["open", "paid", "void", "uncollectible", "disputed"]
+InvoiceStatus = Literal["draft", "open", "paid", "void", "uncollectible", "disputed"]
 
 
 class DealEvent(BaseModel):

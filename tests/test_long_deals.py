@@ -15,7 +15,7 @@ from l2c.audit import decision_timeline
 from l2c.config import BusinessRules, Settings, load_business_rules
 from l2c.drill import drill_config
 from l2c.gateway_sandbox import SandboxGateway
-from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, DEFERRED_REVENUE
+from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, CUSTOMER_CREDIT, DEFERRED_REVENUE
 from l2c.ledger_check import check_ledger
 from l2c.usage import ingest_usage
 from models.deal import Stage
@@ -151,7 +151,7 @@ async def test_card_retries_carry_on_across_runs_without_a_repeat(
     assert sorted(keys) == [f"l2c-charge-{second.number}-series-{n}" for n in (1, 2, 3)]
 
 
-async def test_a_24_month_subscription_with_usage_runs_in_two_runs_and_bills_all_of_it(
+async def test_a_24_month_subscription_with_seat_changes_and_usage_bills_all_of_it_in_two_runs(
     ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine, rules: BusinessRules
 ) -> None:
     handle = await start(ts_env.client, deal_worker.task_queue)
@@ -163,23 +163,42 @@ async def test_a_24_month_subscription_with_usage_runs_in_two_runs_and_bills_all
     events = [(f"u{m}", month[m - 1] + timedelta(days=1), 150_000) for m in (13, 24)]
     lines = usage_lines(handle.id, *events)
     assert ingest_usage(sqlite_ledger, lines, rules.catalog).accepted == 2
+    # Seats (50.00 a month each): 14 from ten days into month 6 (run 1), 12 from ten days into
+    # month 18 (run 2).
+    seat_changes = {5: 14, 17: 12}
     for n in range(25):
         state = await advance_until(ts_env, handle, lambda s, n=n: len(s.invoices) > n,
                                     step=timedelta(days=5))  # fmt: skip
         await pay_in_full(handle, state.invoices[n])
+        if n in seat_changes:
+            await ts_env.sleep(timedelta(days=10))
+            changes = state.quantity_changes + 1
+            await signal(
+                handle, "change_quantity", {"sku": "PLATFORM", "quantity": seat_changes[n]}
+            )
+            state = await wait_until(handle, lambda s, c=changes: s.quantity_changes == c)
+            down = state.customer_credit  # two seats fewer for the rest of month 18: held as credit
     final = await final_state(handle)
 
     assert final.stage == Stage.WON and final.run == 2
     assert len(final.invoices) == 25  # 24 months in advance, the last month's usage after
     overage = Decimal("75.00")  # 50 thousand calls at 1.50 per thousand
     amounts = [i.amount for i in final.invoices]
-    assert amounts[13] == Decimal("700.00") + overage  # month 13's usage, billed by run 2
+    up = amounts[6] - Decimal("900.00")  # 4 more seats for the rest of month 6, billed in month 7
+    assert Decimal("0") < up < Decimal("200.00")
+    assert amounts[:6] == [Decimal("700.00")] * 6  # 10 seats and the usage commitment
+    assert amounts[7:13] + amounts[14:18] == [Decimal("900.00")] * 10  # 14 seats
+    assert amounts[13] == Decimal("900.00") + overage  # month 13's usage, billed by run 2
+    assert amounts[18:24] == [Decimal("800.00")] * 6  # 12 seats
     assert amounts[24] == overage and final.invoices[24].period_index is None
-    assert sum(amounts, ZERO) == Decimal("700.00") * 24 + overage * 2
-    assert final.revenue_recognized == sum(amounts, ZERO)
+    assert Decimal("0") < down < Decimal("100.00")
+    billed = sum(amounts, ZERO)
+    assert billed == 700 * 6 + 900 * 12 + 800 * 6 + up + overage * 2
+    assert final.revenue_recognized == billed - down
     balances = account_balances(sqlite_ledger, handle.id)
-    assert balances[CASH] == sum(amounts, ZERO)
+    assert balances[CASH] == billed - down  # the credit paid part of invoice 19
     assert balances.get(DEFERRED_REVENUE, ZERO) == ZERO
+    assert balances.get(CUSTOMER_CREDIT, ZERO) == ZERO
     assert check_ledger(sqlite_ledger) == []
 
 

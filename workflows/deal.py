@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         DisputeOpening,
         DunningNotice,
         EntitlementChange,
+        InvoiceFinalization,
         InvoiceRequest,
         IssuedInvoice,
         LedgerChargeback,
@@ -569,6 +570,7 @@ class DealWorkflow:
                     due_date=due_at.date(),
                     service_from=service_from,
                     service_to=service_to,
+                    draft=self.policy.invoice_draft_hours > 0,
                 ),
                 f"issue invoice for period {period.index + 1}"
                 if period is not None
@@ -576,6 +578,8 @@ class DealWorkflow:
             )
         finally:
             self._billing_step_running = False
+        if issued is not None and issued.draft:
+            issued, due_at = await self.finalize_after_review(issued, period, billing_month)
         billed = self.deal.pending_adjustments[: len(adjustments)]
         del self.deal.pending_adjustments[: len(adjustments)]
         schedule = self.deal.recognition_schedule
@@ -595,17 +599,7 @@ class DealWorkflow:
             return  # usage within the commitment and no period starting: nothing to bill
         # Usage billed in arrears was delivered: it is revenue as soon as it is invoiced.
         self.deal.revenue_recognized += issued.usage_amount
-        invoice = InvoiceView(
-            number=issued.number,
-            period_index=period.index if period is not None else None,
-            billing_month=billing_month,
-            amount=issued.amount,
-            currency=issued.currency,
-            issued_on=issued.issued_on,
-            due_date=issued.due_date,
-            due_at=due_at,
-            status="open" if issued.amount > 0 else "paid",
-        )
+        invoice = _invoice_view(issued, period, billing_month, due_at)
         self.deal.invoices.append(invoice)
         self._refresh_balance()
         self._record(
@@ -623,6 +617,38 @@ class DealWorkflow:
                 self._billing_step_running = True  # a write-off waits for it
                 await self.recognize(f"proration-{change}", "subscription", amount, quote.currency)
                 self._billing_step_running = False
+
+    async def finalize_after_review(
+        self, draft: IssuedInvoice, period: BillingPeriodPlan | None, billing_month: int
+    ) -> tuple[IssuedInvoice, datetime]:
+        """A draft is in the deal's view (not payable) for its review window, then made final:
+        dated that day and due by the payment terms from then. A write-off that begins meanwhile
+        makes it final at once, so it is written off with the rest."""
+        view = _invoice_view(draft, period, billing_month, due_at=None)
+        self.deal.invoices.append(view)
+        final_at = workflow.now() + timedelta(hours=self.policy.invoice_draft_hours)
+        self._record("invoice_drafted", "billing",
+                     f"{draft.number}: {draft.amount} {draft.currency}, final at {final_at}")  # fmt: skip
+        self._billing_step_running = True  # a write-off waits for it to be final
+        try:
+            await self._wait_until(final_at, lambda: self._written_off, f"{draft.number} draft")
+            issued_at = workflow.now()
+            due_at = issued_at + timedelta(days=self.policy.payment_terms_days)
+            final: IssuedInvoice = await self._call(
+                BillingActivities.finalize_invoice,
+                InvoiceFinalization(
+                    deal_id=self.deal_id,
+                    invoice_number=draft.number,
+                    lead=self.deal.lead,
+                    issued_on=issued_at.date(),
+                    due_date=due_at.date(),
+                ),
+                f"finalize {draft.number}",
+            )
+        finally:
+            self._billing_step_running = False
+        self.deal.invoices.remove(view)  # the final one takes its place below
+        return final, due_at
 
     def _collect_in_background(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning and, with a card on file, card charges for an open invoice."""
@@ -1777,3 +1803,23 @@ def _actor_of(payload: RawValue) -> str:
         if isinstance(value, str) and value.strip():
             return value.strip()[:100]
     return "unknown"
+
+
+def _invoice_view(
+    issued: IssuedInvoice,
+    period: BillingPeriodPlan | None,
+    billing_month: int,
+    due_at: datetime | None,
+) -> InvoiceView:
+    """The deal's view of an invoice the ledger issued: a draft, or final (nothing due: paid)."""
+    return InvoiceView(
+        number=issued.number,
+        period_index=period.index if period is not None else None,
+        billing_month=billing_month,
+        amount=issued.amount,
+        currency=issued.currency,
+        issued_on=issued.issued_on,
+        due_date=issued.due_date,
+        due_at=due_at,
+        status="draft" if issued.draft else "open" if issued.amount > 0 else "paid",
+    )
