@@ -39,6 +39,7 @@ def build_activities(
         fulfilment.change_quantity,
         billing.issue_invoice,
         billing.finalize_invoice,
+        billing.issue_late_fee,
         billing.apply_payment,
         billing.apply_credit,
         billing.issue_credit_note,

@@ -18,6 +18,7 @@ from l2c.journal import (
     CASH,
     CUSTOMER_CREDIT,
     DEFERRED_REVENUE,
+    LATE_FEES,
     REVENUE_USAGE,
     SALES_CREDITS,
     TAX_PAYABLE,
@@ -37,6 +38,7 @@ from models.documents import (
     InvoiceFinalization,
     InvoiceRequest,
     IssuedInvoice,
+    LateFeeRequest,
     LedgerChargeback,
     PaymentRecord,
     ProrationCredit,
@@ -125,6 +127,14 @@ def _usage_billed(session: Session, invoice_number: str) -> Decimal:
     return sum(amounts, ZERO)
 
 
+def _earned_when_issued(session: Session, invoice: InvoiceRecord) -> Decimal:
+    """What of an invoice (before tax) was income when issued, never deferred: usage billed in
+    arrears, or all of a late fee."""
+    if invoice.kind == "late_fee":
+        return invoice.amount - invoice.tax_amount
+    return _usage_billed(session, invoice.number)
+
+
 def _customer_credit(session: Session, deal_id: str) -> Decimal:
     """The credit the ledger holds for the deal's customer (a liability: credit-positive)."""
     lines = session.exec(
@@ -181,11 +191,14 @@ def _finalize(session: Session, row: InvoiceRecord, lead: LeadInput) -> None:
     row.html = _render_invoice(session, row, lead)
     session.add(row)
     if row.amount > 0:
-        # Billed in advance: deferred until delivered. Usage in arrears: already delivered.
+        # Billed in advance: deferred until delivered. Usage in arrears: already delivered. A late
+        # fee: income once charged.
         usage_amount = _usage_billed(session, row.number)
+        fee = row.amount - row.tax_amount if row.kind == "late_fee" else ZERO
         credits = [
-            (DEFERRED_REVENUE, ZERO, row.amount - row.tax_amount - usage_amount),
+            (DEFERRED_REVENUE, ZERO, row.amount - row.tax_amount - usage_amount - fee),
             (REVENUE_USAGE, ZERO, usage_amount),
+            (LATE_FEES, ZERO, fee),
             (TAX_PAYABLE, ZERO, row.tax_amount),
         ]
         post_entry(
@@ -207,11 +220,13 @@ class BillingActivities:
         self._tax = tax or TaxTable(rates={})  # no table: nothing is taxed
 
     def _find_invoice(
-        self, session: Session, deal_id: str, billing_month: int
+        self, session: Session, deal_id: str, billing_month: int, kind: str = "billing"
     ) -> InvoiceRecord | None:
         return session.exec(
             select(InvoiceRecord).where(
-                InvoiceRecord.deal_id == deal_id, InvoiceRecord.billing_month == billing_month
+                InvoiceRecord.deal_id == deal_id,
+                InvoiceRecord.billing_month == billing_month,
+                InvoiceRecord.kind == kind,
             )
         ).first()
 
@@ -245,6 +260,56 @@ class BillingActivities:
             issued = _issued(session, row)
             session.commit()
             return issued
+
+    @activity.defn
+    def issue_late_fee(self, request: LateFeeRequest) -> IssuedInvoice:
+        """A late fee on an overdue invoice, on an invoice of its own (untaxed, final at once),
+        once per overdue invoice: a second attempt returns the first."""
+        try:
+            with Session(self._engine) as session:
+                existing = self._find_invoice(
+                    session, request.deal_id, request.billing_month, "late_fee"
+                )
+                if existing is not None:
+                    return _issued(session, existing)
+                number = f"{INVOICE_SERIES}-{take_next_number(session, INVOICE_SERIES):06d}"
+                overdue = session.get(InvoiceRecord, request.overdue_invoice)
+                if overdue is None or overdue.deal_id != request.deal_id:
+                    raise _ledger_conflict(f"invoice {request.overdue_invoice} is not this deal's")
+                row = InvoiceRecord(
+                    number=number,
+                    deal_id=request.deal_id,
+                    billing_month=request.billing_month,
+                    kind="late_fee",
+                    currency=request.currency,
+                    amount=request.amount,
+                    issued_on=request.issued_on,
+                    due_date=request.due_date,
+                    service_from=overdue.service_from,
+                    service_to=overdue.service_to,
+                    html="",
+                )
+                session.add(row)
+                session.flush()
+                description = (f"Late fee: {request.percent}% of {request.overdue} "
+                               f"{request.currency} overdue on {request.overdue_invoice}")  # fmt: skip
+                session.add(InvoiceLineRecord(invoice_number=number, line_no=1, sku="LATE_FEE",
+                                              description=description, quantity=1,
+                                              unit_price=request.amount, amount=request.amount))  # fmt: skip
+                session.flush()
+                _finalize(session, row, request.lead)
+                issued = _issued(session, row)
+                session.commit()
+                return issued
+        except IntegrityError:
+            # Another attempt of this same step committed first: its invoice is the fee.
+            with Session(self._engine) as session:
+                found = self._find_invoice(
+                    session, request.deal_id, request.billing_month, "late_fee"
+                )
+                if found is None:
+                    raise
+                return _issued(session, found)
 
     def _issue_invoice(self, request: InvoiceRequest) -> IssuedInvoice | None:
         period = request.period
@@ -583,6 +648,8 @@ class BillingActivities:
             final_level=notice.final_level,
             write_off_on=notice.write_off_on,
             suspends_service=notice.suspends_service,
+            late_fee=notice.late_fee,
+            late_fee_invoice=notice.late_fee_invoice,
         )
         return self._mailer.send_once(
             key=f"{notice.deal_id}:dunning:{notice.invoice_number}:{notice.level}",
@@ -643,7 +710,8 @@ class BillingActivities:
                 )
             ).all()
             deferred_balance = sum((ln.credit - ln.debit for ln in deferred_lines), ZERO)
-            # Usage billed in arrears was never deferred: unpaid, it is bad debt. Only the unpaid
+            # Usage billed in arrears and late fees were never deferred: unpaid, they are bad debt.
+            # Only the unpaid
             # part of what was billed in advance can still be undelivered.
             # The tax in what is never paid is reclaimed from the tax authority (bad-debt relief).
             unpaid_tax = sum(
@@ -652,7 +720,7 @@ class BillingActivities:
             in_advance = sum(
                 (min(i.amount - i.amount_credited - i.amount_paid - _tax_share(
                          i, i.amount - i.amount_credited - i.amount_paid),
-                     i.amount - i.tax_amount - _usage_billed(session, i.number))
+                     i.amount - i.tax_amount - _earned_when_issued(session, i))
                  for i in unpaid_invoices),
                 ZERO,
             )  # fmt: skip

@@ -180,6 +180,10 @@ class DunningConfig(_Strict):
     # The reminder level (1-based) at which the customer's entitlements are suspended until the
     # overdue invoices are paid; 0 never suspends.
     suspend_at_level: int = Field(default=0, ge=0)
+    # At this reminder level an overdue invoice is charged a late fee of this percent of what it
+    # still owes, on an invoice of its own; 0 percent charges none.
+    late_fee_percent: Decimal = Field(default=Decimal(0), ge=0, le=25, decimal_places=2)
+    late_fee_at_level: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> "DunningConfig":
@@ -191,6 +195,10 @@ class DunningConfig(_Strict):
         if self.suspend_at_level > len(days):
             raise ValueError(
                 f"suspend_at_level {self.suspend_at_level} is beyond the {len(days)} reminder levels"
+            )
+        if self.late_fee_at_level > len(days):
+            raise ValueError(
+                f"late_fee_at_level {self.late_fee_at_level} is beyond the {len(days)} reminder levels"
             )
         card = self.card_retry_days_after_due
         if card != sorted(set(card)) or card[0] < 0 or card[-1] >= self.write_off_days_after_due:
@@ -228,6 +236,8 @@ class PolicyConfig(_Strict):
             write_off_days_after_due=self.dunning.write_off_days_after_due,
             card_retry_days_after_due=list(self.dunning.card_retry_days_after_due),
             suspend_at_level=self.dunning.suspend_at_level,
+            late_fee_percent=self.dunning.late_fee_percent,
+            late_fee_at_level=self.dunning.late_fee_at_level,
             activities=self.activities,
             month_seconds=self.clock.month_seconds,
         )

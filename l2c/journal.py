@@ -16,6 +16,7 @@ DEFERRED_REVENUE = "2400"
 REVENUE_SUBSCRIPTION = "4000"
 REVENUE_SERVICES = "4010"
 REVENUE_USAGE = "4020"
+LATE_FEES = "4800"
 SALES_CREDITS = "4900"
 BAD_DEBT_EXPENSE = "6100"
 CHARGEBACK_LOSSES = "6200"
@@ -29,6 +30,7 @@ ACCOUNT_NAMES = {
     REVENUE_SUBSCRIPTION: "Subscription revenue",
     REVENUE_SERVICES: "Services revenue",
     REVENUE_USAGE: "Usage revenue",
+    LATE_FEES: "Late fees (other income)",
     SALES_CREDITS: "Sales credits (contra revenue)",
     BAD_DEBT_EXPENSE: "Bad debt expense",
     CHARGEBACK_LOSSES: "Chargebacks outside invoices",

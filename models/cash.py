@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from models.money import ZERO
+from models.money import ZERO, to_cents
 
 
 class Allocation(BaseModel):
@@ -41,3 +41,8 @@ def settled_status(
     if credited + paid < amount:
         return "open"
     return "paid" if paid > 0 else "void"
+
+
+def late_fee(overdue: Decimal, percent: Decimal) -> Decimal:
+    """The late fee on an overdue balance: `percent` of it, rounded half-even to the cent."""
+    return to_cents(overdue * percent / 100)

@@ -2,6 +2,7 @@
 
 import re
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -118,10 +119,16 @@ class DealPolicy(BaseModel):
     continue_as_new_every_months: int = 12
     suspend_at_level: int = 0
     invoice_draft_hours: int = 0
+    late_fee_percent: Decimal = Decimal(0)  # of the overdue balance; 0 = no late fees
+    late_fee_at_level: int = 0
 
     def months_after(self, start: datetime, months: int) -> datetime:
         """A month boundary of this deal: calendar months, or compressed ones in a demo."""
         return months_after(start, months, self.month_seconds)
+
+    def due_at(self, issued_at: datetime) -> datetime:
+        """When an invoice made final at `issued_at` is due: by the payment terms."""
+        return issued_at + timedelta(days=self.payment_terms_days)
 
     def write_off_at(self, due_at: datetime) -> datetime:
         """When an invoice due at `due_at` and still unpaid is written off."""

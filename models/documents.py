@@ -214,6 +214,21 @@ class InvoiceFinalization(BaseModel):
     due_date: date
 
 
+class LateFeeRequest(BaseModel):
+    """A late fee on an overdue invoice, on an invoice of its own: once per overdue invoice."""
+
+    deal_id: str
+    lead: LeadInput
+    overdue_invoice: str
+    billing_month: int  # the overdue invoice's: with the kind, the fee invoice's natural key
+    overdue: Decimal  # what the overdue invoice still owed
+    percent: Decimal
+    amount: Decimal
+    currency: str
+    issued_on: date
+    due_date: date
+
+
 class IssuedInvoice(BaseModel):
     number: str
     amount: Decimal
@@ -324,6 +339,8 @@ class DunningNotice(BaseModel):
     days_overdue: int
     write_off_on: date
     suspends_service: bool = False  # this reminder's level suspends the customer's entitlements
+    late_fee: Decimal | None = None  # charged at this level, on invoice `late_fee_invoice`
+    late_fee_invoice: str | None = None
 
 
 class NurtureTouch(BaseModel):

@@ -156,10 +156,13 @@ class NumberSeries(SQLModel, table=True):
 
 class InvoiceRecord(SQLModel, table=True):
     __tablename__ = "invoices"
-    __table_args__ = (UniqueConstraint("deal_id", "billing_month"),)
+    __table_args__ = (UniqueConstraint("deal_id", "billing_month", "kind"),)
     number: str = Field(primary_key=True, max_length=40)
     deal_id: str = Field(index=True, max_length=80)
-    billing_month: int  # the month boundary it was issued at (0 = activation): one invoice each
+    # The month boundary it was issued at (0 = activation): one billing invoice each. A late fee
+    # (kind "late_fee") has the month of the overdue invoice it was charged on: one fee each.
+    billing_month: int
+    kind: str = Field(default="billing", max_length=12)
     period_index: int | None = None  # the billing period it bills in advance; None: usage only
     currency: str = Field(max_length=3)
     amount: Decimal = money()  # what is due: the lines and their tax

@@ -55,6 +55,7 @@ class InvoiceView(BaseModel):
     # Dunning pauses while the invoice is disputed; its reminders and write-off move by as long.
     disputed_since: datetime | None = None
     dunning_paused_seconds: int = 0
+    late_fee_on: str | None = None  # a late fee: the overdue invoice it was charged on
 
     @property
     def balance(self) -> Decimal:

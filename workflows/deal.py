@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.payments import PaymentActivities
     from activities.quotes import QuoteActivities
     from activities.revenue import RevenueActivities
-    from models.cash import allocate, settled_status
+    from models.cash import allocate, late_fee, settled_status
     from models.deal import WORKFLOW_TYPE, ActivityTiming, DealPolicy, LeadInput, Stage
     from models.documents import (
         ApprovalRequirement,
@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         InvoiceFinalization,
         InvoiceRequest,
         IssuedInvoice,
+        LateFeeRequest,
         LedgerChargeback,
         NurtureTouch,
         OrderRequest,
@@ -534,7 +535,7 @@ class DealWorkflow:
         """The invoice of a month boundary: the billing period starting there, in advance, and
         (`bills_usage`) the metered usage of the months before it, in arrears."""
         issued_at = workflow.now()
-        due_at = issued_at + timedelta(days=self.policy.payment_terms_days)
+        due_at = self.policy.due_at(issued_at)
         if period is not None:
             first, last = period.start_month, period.start_month + period.months
         else:
@@ -633,7 +634,7 @@ class DealWorkflow:
         try:
             await self._wait_until(final_at, lambda: self._written_off, f"{draft.number} draft")
             issued_at = workflow.now()
-            due_at = issued_at + timedelta(days=self.policy.payment_terms_days)
+            due_at = self.policy.due_at(issued_at)
             final: IssuedInvoice = await self._call(
                 BillingActivities.finalize_invoice,
                 InvoiceFinalization(
@@ -667,6 +668,9 @@ class DealWorkflow:
                 invoice, due_at, days, f"{invoice.number} reminder {level}"
             ):
                 return
+            fee = None
+            if level == policy.late_fee_at_level and invoice.late_fee_on is None:
+                fee = await self.charge_late_fee(invoice)
             await self._call(
                 BillingActivities.send_dunning_reminder,
                 DunningNotice(
@@ -684,6 +688,8 @@ class DealWorkflow:
                     write_off_on=self._dunning_moment(
                         invoice, due_at, policy.write_off_days_after_due
                     ).date(),
+                    late_fee=fee.amount if fee is not None else None,
+                    late_fee_invoice=fee.number if fee is not None else None,
                 ),
                 f"dunning reminder {level} for {invoice.number}",
             )
@@ -702,6 +708,40 @@ class DealWorkflow:
         await self.write_off(
             f"{invoice.number} unpaid {policy.write_off_days_after_due} days after due"
         )
+
+    async def charge_late_fee(self, overdue: InvoiceView) -> InvoiceView | None:
+        """A late fee (policy percent of what the overdue invoice still owes) on an invoice of its
+        own, collected like any other. None when the policy charges none."""
+        amount = late_fee(overdue.balance, self.policy.late_fee_percent)
+        if amount <= 0 or overdue.status != "open" or self._written_off:
+            return None
+        issued_at = workflow.now()
+        due_at = self.policy.due_at(issued_at)
+        # In decision order with the deal's payment postings; a write-off waits for it.
+        issued: IssuedInvoice = await self._post(
+            BillingActivities.issue_late_fee,
+            LateFeeRequest(
+                deal_id=self.deal_id,
+                lead=self.deal.lead,
+                overdue_invoice=overdue.number,
+                billing_month=overdue.billing_month,
+                overdue=overdue.balance,
+                percent=self.policy.late_fee_percent,
+                amount=amount,
+                currency=overdue.currency,
+                issued_on=issued_at.date(),
+                due_date=due_at.date(),
+            ),
+            f"late fee on {overdue.number}",
+        )
+        fee = _invoice_view(issued, None, overdue.billing_month, due_at)
+        fee.late_fee_on = overdue.number
+        self.deal.invoices.append(fee)
+        self._refresh_balance()
+        self._record("late_fee_charged", "collections",
+                     f"{fee.number}: {fee.amount} {fee.currency} on {overdue.number}")  # fmt: skip
+        self._collect_in_background(fee, due_at)
+        return fee
 
     async def suspend_entitlements(self, invoice: InvoiceView) -> None:
         """Service stops while an invoice is this far overdue; it resumes once none is."""
