@@ -26,7 +26,7 @@ from l2c.journal import (
 )
 from l2c.mail import Mailer
 from l2c.usage import bill_usage
-from models.cash import settled_status
+from models.cash import early_payment_discount, settled_status
 from models.deal import LeadInput
 from models.documents import (
     CreditApplication,
@@ -35,6 +35,7 @@ from models.documents import (
     DisputeClosing,
     DisputeOpening,
     DunningNotice,
+    EarlyPaymentTerms,
     InvoiceFinalization,
     InvoiceRequest,
     IssuedInvoice,
@@ -72,6 +73,8 @@ def _issued(session: Session, row: InvoiceRecord) -> IssuedInvoice:
         due_date=row.due_date,
         usage_amount=_usage_billed(session, row.number),
         draft=row.status == "draft",
+        early_payment_discount=row.early_payment_discount,
+        early_payment_until=row.early_payment_until,
     )
 
 
@@ -182,12 +185,20 @@ def _render_invoice(session: Session, row: InvoiceRecord, lead: LeadInput) -> st
         due_date=row.due_date,
         service_from=row.service_from,
         service_to=row.service_to,
+        early_payment_discount=row.early_payment_discount,
+        early_payment_until=row.early_payment_until,
     )
 
 
-def _finalize(session: Session, row: InvoiceRecord, lead: LeadInput) -> None:
-    """Make an invoice final: open (payable), rendered as sent, and receivable in the journal."""
+def _finalize(
+    session: Session, row: InvoiceRecord, lead: LeadInput, early_payment: EarlyPaymentTerms | None
+) -> None:
+    """Make an invoice final: open (payable), with its early-payment terms if offered, rendered
+    as sent, and receivable in the journal."""
     row.status = "open"
+    if early_payment is not None and row.amount > 0:
+        row.early_payment_discount = early_payment_discount(row.amount, early_payment.percent)
+        row.early_payment_until = early_payment.until
     row.html = _render_invoice(session, row, lead)
     session.add(row)
     if row.amount > 0:
@@ -256,7 +267,7 @@ class BillingActivities:
                 raise _ledger_conflict(f"invoice {request.invoice_number} is not this deal's")
             if row.status == "draft":
                 row.issued_on, row.due_date = request.issued_on, request.due_date
-                _finalize(session, row, request.lead)
+                _finalize(session, row, request.lead, request.early_payment)
             issued = _issued(session, row)
             session.commit()
             return issued
@@ -297,7 +308,7 @@ class BillingActivities:
                                               description=description, quantity=1,
                                               unit_price=request.amount, amount=request.amount))  # fmt: skip
                 session.flush()
-                _finalize(session, row, request.lead)
+                _finalize(session, row, request.lead, early_payment=None)
                 issued = _issued(session, row)
                 session.commit()
                 return issued
@@ -375,7 +386,7 @@ class BillingActivities:
             if request.draft:
                 row.html = _render_invoice(session, row, request.lead)
             else:
-                _finalize(session, row, request.lead)
+                _finalize(session, row, request.lead, request.early_payment)
             session.flush()
             issued = _issued(session, row)
             session.commit()

@@ -171,6 +171,22 @@ class BillingConfig(_Strict):
     continue_as_new_every_months: int = Field(default=12, ge=1, le=120)
     # Each invoice is a draft this long (numbered, visible, not yet payable) before it is final.
     invoice_draft_hours: int = Field(default=0, ge=0, le=168)
+    # "2/10 net 30": this percent off an invoice paid in full within this many days of its date.
+    early_payment_discount_percent: Decimal = Field(
+        default=Decimal(0), ge=0, le=10, decimal_places=2
+    )
+    early_payment_discount_days: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _discount_before_due(self) -> "BillingConfig":
+        if self.early_payment_discount_percent and (
+            self.early_payment_discount_days >= self.payment_terms_days
+        ):
+            raise ValueError(
+                f"early_payment_discount_days ({self.early_payment_discount_days}) must be "
+                f"shorter than payment_terms_days ({self.payment_terms_days})"
+            )
+        return self
 
 
 class DunningConfig(_Strict):
@@ -232,6 +248,8 @@ class PolicyConfig(_Strict):
             payment_terms_days=self.billing.payment_terms_days,
             continue_as_new_every_months=self.billing.continue_as_new_every_months,
             invoice_draft_hours=self.billing.invoice_draft_hours,
+            early_payment_discount_percent=self.billing.early_payment_discount_percent,
+            early_payment_discount_days=self.billing.early_payment_discount_days,
             reminder_days_after_due=list(self.dunning.reminder_days_after_due),
             write_off_days_after_due=self.dunning.write_off_days_after_due,
             card_retry_days_after_due=list(self.dunning.card_retry_days_after_due),

@@ -10,7 +10,7 @@ from decimal import Decimal
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from l2c.db import INVOICE_SERIES
+from l2c.db import CREDIT_NOTE_SERIES, INVOICE_SERIES
 from l2c.journal import ACCOUNTS_RECEIVABLE
 from models.ledger import (
     CreditNoteRecord,
@@ -24,7 +24,29 @@ from models.ledger import (
 )
 from models.money import ZERO
 
-_NUMBER = re.compile(rf"^{INVOICE_SERIES}-(\d+)$")
+
+def _series_problems(
+    kind: str, series: str, numbers: list[str], next_value: int | None
+) -> list[str]:
+    """Document numbers of one series: gap-free from 1, each used once, and the series pointing
+    just past the last."""
+    problems = []
+    pattern = re.compile(rf"^{series}-(\d+)$")
+    taken = []
+    for number in numbers:
+        match = pattern.match(number)
+        if match is None:
+            problems.append(f"{kind} number {number!r} is not in the {series} series")
+        else:
+            taken.append(int(match.group(1)))
+    if sorted(taken) != list(range(1, len(taken) + 1)):
+        missing = sorted(set(range(1, max(taken, default=0) + 1)) - set(taken))
+        problems.append(f"{kind} numbers are not gap-free: missing {missing[:10]}")
+    if next_value is not None and next_value != len(taken) + 1:
+        problems.append(
+            f"number series {series} is at {next_value}, but {len(taken)} {kind}s exist"
+        )
+    return problems
 
 
 def check_ledger(engine: Engine) -> list[str]:
@@ -38,26 +60,14 @@ def check_ledger(engine: Engine) -> list[str]:
         entries = session.exec(select(JournalEntry)).all()
         lines = session.exec(select(JournalLine)).all()
         invoice_lines = session.exec(select(InvoiceLineRecord)).all()
-        series = session.get(NumberSeries, INVOICE_SERIES)
+        next_values = {s.name: s.next_value for s in session.exec(select(NumberSeries)).all()}
 
-    # Invoice numbers: gap-free from 1, each used once, and the series points just past the last.
-    numbers = []
-    for invoice in invoices:
-        match = _NUMBER.match(invoice.number)
-        if match is None:
-            problems.append(
-                f"invoice number {invoice.number!r} is not in the {INVOICE_SERIES} series"
-            )
-        else:
-            numbers.append(int(match.group(1)))
-    if sorted(numbers) != list(range(1, len(numbers) + 1)):
-        missing = sorted(set(range(1, max(numbers, default=0) + 1)) - set(numbers))
-        problems.append(f"invoice numbers are not gap-free: missing {missing[:10]}")
-    if series is not None and series.next_value != len(numbers) + 1:
-        problems.append(
-            f"number series {INVOICE_SERIES} is at {series.next_value}, "
-            f"but {len(numbers)} invoices exist"
-        )
+    # Document numbers: gap-free from 1 per series, each used once.
+    problems += _series_problems("invoice", INVOICE_SERIES, [i.number for i in invoices],
+                                 next_values.get(INVOICE_SERIES))  # fmt: skip
+    problems += _series_problems("credit note", CREDIT_NOTE_SERIES,
+                                 [n.number for n in credit_notes],
+                                 next_values.get(CREDIT_NOTE_SERIES))  # fmt: skip
     periods = Counter(
         (invoice.deal_id, invoice.period_index)
         for invoice in invoices

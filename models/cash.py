@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from models.money import ZERO, to_cents
+from models.money import ZERO, percent_of
 
 
 class Allocation(BaseModel):
@@ -45,4 +45,10 @@ def settled_status(
 
 def late_fee(overdue: Decimal, percent: Decimal) -> Decimal:
     """The late fee on an overdue balance: `percent` of it, rounded half-even to the cent."""
-    return to_cents(overdue * percent / 100)
+    return percent_of(overdue, percent)
+
+
+def early_payment_discount(amount: Decimal, percent: Decimal) -> Decimal:
+    """What an invoice of `amount` takes off when paid early: `percent` of all of it, tax
+    included (a credit note takes the tax's share back), rounded half-even to the cent."""
+    return percent_of(amount, percent)

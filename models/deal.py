@@ -1,7 +1,7 @@
 """The deal's input, its stages and the policy snapshot it runs under."""
 
 import re
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -120,6 +120,8 @@ class DealPolicy(BaseModel):
     suspend_at_level: int = 0
     invoice_draft_hours: int = 0
     late_fee_percent: Decimal = Decimal(0)  # of the overdue balance; 0 = no late fees
+    early_payment_discount_percent: Decimal = Decimal(0)  # 0 = no early-payment discount
+    early_payment_discount_days: int = 0
     late_fee_at_level: int = 0
 
     def months_after(self, start: datetime, months: int) -> datetime:
@@ -129,6 +131,13 @@ class DealPolicy(BaseModel):
     def due_at(self, issued_at: datetime) -> datetime:
         """When an invoice made final at `issued_at` is due: by the payment terms."""
         return issued_at + timedelta(days=self.payment_terms_days)
+
+    def early_payment_until(self, issued_at: datetime) -> date | None:
+        """The last day (UTC) on which an invoice made final at `issued_at` may be paid with the
+        early-payment discount; None when the policy offers none."""
+        if self.early_payment_discount_percent <= 0:
+            return None
+        return (issued_at + timedelta(days=self.early_payment_discount_days)).date()
 
     def write_off_at(self, due_at: datetime) -> datetime:
         """When an invoice due at `due_at` and still unpaid is written off."""

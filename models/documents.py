@@ -177,6 +177,13 @@ class UsageBilling(BaseModel):
     discount_percent: Decimal
 
 
+class EarlyPaymentTerms(BaseModel):
+    """A discount of `percent` of the invoice for payment in full by `until` (inclusive)."""
+
+    percent: Decimal
+    until: date
+
+
 class InvoiceRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
@@ -204,6 +211,7 @@ class InvoiceRequest(BaseModel):
     # A draft is numbered and stored but not yet payable or receivable: it waits for its review
     # window, then `finalize_invoice` dates it and makes it final.
     draft: bool = False
+    early_payment: EarlyPaymentTerms | None = None  # for a final invoice; a draft gets it later
 
 
 class InvoiceFinalization(BaseModel):
@@ -212,6 +220,7 @@ class InvoiceFinalization(BaseModel):
     lead: LeadInput
     issued_on: date  # the day it is sent: its terms count from here
     due_date: date
+    early_payment: EarlyPaymentTerms | None = None
 
 
 class LateFeeRequest(BaseModel):
@@ -237,6 +246,8 @@ class IssuedInvoice(BaseModel):
     due_date: date
     usage_amount: Decimal = Decimal("0.00")  # billed in arrears: delivered, so revenue at once
     draft: bool = False
+    early_payment_discount: Decimal = Decimal("0.00")  # off, if paid in full by the day below
+    early_payment_until: date | None = None
 
 
 class PaymentRecord(BaseModel):

@@ -163,6 +163,9 @@ class InvoiceRecord(SQLModel, table=True):
     # (kind "late_fee") has the month of the overdue invoice it was charged on: one fee each.
     billing_month: int
     kind: str = Field(default="billing", max_length=12)
+    # Offered on the invoice: this much off when paid in full by this day.
+    early_payment_discount: Decimal = money(default=Decimal("0.00"))
+    early_payment_until: date | None = None
     period_index: int | None = None  # the billing period it bills in advance; None: usage only
     currency: str = Field(max_length=3)
     amount: Decimal = money()  # what is due: the lines and their tax

@@ -18,5 +18,10 @@ def to_cents(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_EVEN)
 
 
+def percent_of(amount: Decimal, percent: Decimal) -> Decimal:
+    """`percent` of `amount`, rounded to cents."""
+    return to_cents(amount * percent / 100)
+
+
 def format_money(amount: Decimal, currency: str) -> str:
     return f"{currency} {amount:,.2f}"

@@ -56,10 +56,27 @@ class InvoiceView(BaseModel):
     disputed_since: datetime | None = None
     dunning_paused_seconds: int = 0
     late_fee_on: str | None = None  # a late fee: the overdue invoice it was charged on
+    # Offered on the invoice: this much off when paid in full by that day (UTC).
+    early_payment_discount: Decimal = Decimal("0.00")
+    early_payment_until: date | None = None
 
     @property
     def balance(self) -> Decimal:
         return self.amount - self.amount_credited - self.amount_paid
+
+    def early_payment_discount_for(self, amount: Decimal, received_on: date) -> Decimal:
+        """The discount a payment of `amount` received on `received_on` takes: the one offered,
+        if the invoice is untouched (nothing paid or credited yet), the day is not past, and the
+        payment covers the rest; else nothing."""
+        applies = (
+            self.early_payment_until is not None
+            and received_on <= self.early_payment_until
+            and self.status == "open"
+            and self.amount_paid == 0
+            and self.amount_credited == 0
+            and amount >= self.amount - self.early_payment_discount
+        )
+        return self.early_payment_discount if applies else Decimal("0.00")
 
 
 class PendingProration(BaseModel):

@@ -252,11 +252,16 @@ def test_ledger_audit_names_each_broken_invariant(ledger: Engine, rules: Busines
         assert series is not None
         series.next_value = 5
         session.add(series)
+        notes = session.get(NumberSeries, "CN")  # a credit note number taken and never used
+        assert notes is not None
+        notes.next_value = 2
+        session.add(notes)
         session.commit()
     problems = check_ledger(ledger)
     assert any("payments add to 100.00, invoice shows 50.00 paid" in p for p in problems), problems
     assert any(f"journal entry {entry_key} does not balance" in p for p in problems), problems
     assert any("number series INV is at 5, but 2 invoices exist" in p for p in problems), problems
+    assert "number series CN is at 2, but 0 credit notes exist" in problems
 
 
 def test_a_ledger_from_an_older_version_is_refused_with_what_it_lacks(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         DisputeClosing,
         DisputeOpening,
         DunningNotice,
+        EarlyPaymentTerms,
         EntitlementChange,
         InvoiceFinalization,
         InvoiceRequest,
@@ -555,6 +556,7 @@ class DealWorkflow:
                 discount_percent=quote.discount_percent,
             )
         adjustments = list(self.deal.pending_adjustments)
+        drafted = self.policy.invoice_draft_hours > 0  # terms are set once the draft is final
         self._billing_step_running = True
         try:
             issued: IssuedInvoice | None = await self._call(
@@ -571,7 +573,8 @@ class DealWorkflow:
                     due_date=due_at.date(),
                     service_from=service_from,
                     service_to=service_to,
-                    draft=self.policy.invoice_draft_hours > 0,
+                    draft=drafted,
+                    early_payment=None if drafted else self._early_payment_terms(issued_at),
                 ),
                 f"issue invoice for period {period.index + 1}"
                 if period is not None
@@ -643,6 +646,7 @@ class DealWorkflow:
                     lead=self.deal.lead,
                     issued_on=issued_at.date(),
                     due_date=due_at.date(),
+                    early_payment=self._early_payment_terms(issued_at),
                 ),
                 f"finalize {draft.number}",
             )
@@ -650,6 +654,12 @@ class DealWorkflow:
             self._billing_step_running = False
         self.deal.invoices.remove(view)  # the final one takes its place below
         return final, due_at
+
+    def _early_payment_terms(self, issued_at: datetime) -> EarlyPaymentTerms | None:
+        until = self.policy.early_payment_until(issued_at)
+        if until is None:
+            return None
+        return EarlyPaymentTerms(percent=self.policy.early_payment_discount_percent, until=until)
 
     def _collect_in_background(self, invoice: InvoiceView, due_at: datetime) -> None:
         """Dunning and, with a card on file, card charges for an open invoice."""
@@ -1066,6 +1076,13 @@ class DealWorkflow:
         if reason is not None:
             self._refuse("record_payment", payment.recorded_by, reason)
             return
+        if named is not None and (
+            discount := named.early_payment_discount_for(payment.amount, workflow.now().date())
+        ):
+            # Paid early: the discount offered on the invoice is a credit note, then the payment
+            # settles the rest.
+            await self._credit_invoice(named, discount, f"early-payment:{named.number}",
+                                       "early-payment discount", payment.recorded_by)  # fmt: skip
         await self._apply_payment(payment.amount, payment.reference, payment.recorded_by, named)
 
     async def _apply_payment(
@@ -1862,4 +1879,6 @@ def _invoice_view(
         due_date=issued.due_date,
         due_at=due_at,
         status="draft" if issued.draft else "open" if issued.amount > 0 else "paid",
+        early_payment_discount=issued.early_payment_discount,
+        early_payment_until=issued.early_payment_until,
     )

@@ -1,6 +1,8 @@
-"""Invoice drafts: numbered and visible for a review window, not payable, then final and due."""
+"""Invoice terms: drafts (numbered, visible, not payable, then final and due) and the
+early-payment discount."""
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -9,7 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import Settings, load_business_rules
 from l2c.drill import drill_config
-from l2c.journal import ACCOUNTS_RECEIVABLE
+from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, SALES_CREDITS
 from l2c.ledger_check import check_ledger
 from models.deal import Stage
 from models.ledger import InvoiceRecord
@@ -21,6 +23,7 @@ from tests.helpers import (
     pay_in_full,
     quote_to_signature,
     refused_after,
+    signal,
     start,
     wait_until,
 )
@@ -85,4 +88,43 @@ async def test_a_write_off_makes_a_draft_final_and_writes_it_off_with_the_rest(
     assert third.issued_on == state.invoices[0].due_date + timedelta(days=30)  # the write-off day
     assert stored(sqlite_ledger, third.number).status == "uncollectible"
     assert [e.kind for e in state.events].count("invoice_drafted") == 3
+    assert check_ledger(sqlite_ledger) == []
+
+
+async def test_an_invoice_paid_in_full_by_its_discount_day_is_paid_less_by_a_credit_note(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    # "2/10 net 30"
+    config = drill_config(tmp_path / "config", early_payment_discount_percent=2,
+                          early_payment_discount_days=10, month_seconds=31 * 24 * 3600)  # fmt: skip
+    async with own_worker(ts_env.client, sqlite_ledger, load_business_rules(config), settings):
+        handle = await start(ts_env.client, settings.task_queue)
+        state = await quote_to_signature(handle, term_months=2)  # 500.00 a month
+        first = state.invoices[0]
+        assert first.early_payment_discount == Decimal("10.00")
+        assert first.early_payment_until == first.issued_on + timedelta(days=10)
+        html = stored(sqlite_ledger, first.number).html
+        assert f"pay USD 490.00 in full by {first.early_payment_until.isoformat()}" in html
+        # Paid on time: the discount is a credit note, and 490.00 settles the invoice.
+        await signal(handle, "record_payment", {"invoice_number": first.number, "amount": "490.00",
+                                               "reference": "EARLY-1"})  # fmt: skip
+        state = await wait_until(handle, lambda s: s.invoices[0].status == "paid")
+        assert (state.invoices[0].amount_paid, state.invoices[0].amount_credited) == (
+            Decimal("490.00"), Decimal("10.00"))  # fmt: skip
+        [note] = [e.detail for e in state.events if e.kind == "credit_note"]
+        assert "early-payment discount" in note
+        # Paid 11 days after its date: no discount, and 10.00 is still owed.
+        state = await advance_until(ts_env, handle, lambda s: len(s.invoices) == 2)
+        second = state.invoices[1]
+        assert second.early_payment_until == second.issued_on + timedelta(days=10)
+        await ts_env.sleep(timedelta(days=11))
+        await signal(handle, "record_payment", {"invoice_number": second.number, "amount": "490.00",
+                                               "reference": "LATE-2"})  # fmt: skip
+        state = await wait_until(handle, lambda s: s.invoices[1].amount_paid > 0)
+        assert state.invoices[1].status == "open" and state.invoices[1].balance == Decimal("10.00")
+        await pay_in_full(handle, state.invoices[1])
+        assert (await final_state(handle)).stage == Stage.WON
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances[CASH] == Decimal("490.00") + Decimal("500.00")
+    assert balances[SALES_CREDITS] == Decimal("10.00")  # contra revenue
     assert check_ledger(sqlite_ledger) == []
