@@ -509,7 +509,12 @@ class BillingActivities:
                     [
                         # The tax in the credited amount is no longer owed to the tax authority.
                         (TAX_PAYABLE, credited_tax, ZERO),
-                        (SALES_CREDITS, request.amount - credited_tax, ZERO),
+                        # Waiving a late fee takes back fee income; other credits reduce sales.
+                        (
+                            LATE_FEES if invoice.kind == "late_fee" else SALES_CREDITS,
+                            request.amount - credited_tax,
+                            ZERO,
+                        ),
                         (ACCOUNTS_RECEIVABLE, ZERO, off_balance),
                         (CUSTOMER_CREDIT, ZERO, request.to_credit),
                     ]

@@ -212,7 +212,7 @@ class DunningConfig(_Strict):
             raise ValueError(
                 f"suspend_at_level {self.suspend_at_level} is beyond the {len(days)} reminder levels"
             )
-        if self.late_fee_at_level > len(days):
+        if self.late_fee_percent and self.late_fee_at_level > len(days):
             raise ValueError(
                 f"late_fee_at_level {self.late_fee_at_level} is beyond the {len(days)} reminder levels"
             )
@@ -238,6 +238,16 @@ class PolicyConfig(_Strict):
     dunning: DunningConfig
     activities: ActivityTiming = ActivityTiming()
     clock: ClockConfig = ClockConfig()
+
+    @model_validator(mode="after")
+    def _drafts_within_a_month(self) -> "PolicyConfig":
+        month = self.clock.month_seconds
+        if month and self.billing.invoice_draft_hours * 3600 >= month:
+            raise ValueError(
+                f"billing.invoice_draft_hours ({self.billing.invoice_draft_hours}) must be shorter "
+                f"than a month (clock.month_seconds = {month})"
+            )
+        return self
 
     def deal_policy(self) -> DealPolicy:
         return DealPolicy(

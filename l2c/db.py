@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, UniqueConstraint, create_engine, event, inspect, text
 from sqlmodel import Session, SQLModel
 
 import models.ledger as ledger_tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -57,6 +57,16 @@ def init_ledger(engine: Engine) -> None:
     for table in SQLModel.metadata.sorted_tables:
         present = {column["name"] for column in inspector.get_columns(table.name)}
         missing = [column.name for column in table.columns if column.name not in present]
+        # A natural key changed since (e.g. invoices gained a kind): the old one would refuse rows.
+        unique = {
+            tuple(sorted(u["column_names"])) for u in inspector.get_unique_constraints(table.name)
+        }
+        missing += [
+            f"unique ({', '.join(constraint.columns.keys())})"
+            for constraint in table.constraints
+            if isinstance(constraint, UniqueConstraint)
+            and tuple(sorted(constraint.columns.keys())) not in unique
+        ]
         if missing:
             raise LedgerSchemaOutdated(
                 f"the ledger at {engine.url.render_as_string(hide_password=True)} was created by "

@@ -66,15 +66,15 @@ class InvoiceView(BaseModel):
 
     def early_payment_discount_for(self, amount: Decimal, received_on: date) -> Decimal:
         """The discount a payment of `amount` received on `received_on` takes: the one offered,
-        if the invoice is untouched (nothing paid or credited yet), the day is not past, and the
-        payment covers the rest; else nothing."""
+        if the day is not past, nothing was credited yet, and the payment settles what is left
+        less the discount (customer credit may have paid part of it); else nothing."""
         applies = (
             self.early_payment_until is not None
             and received_on <= self.early_payment_until
             and self.status == "open"
-            and self.amount_paid == 0
             and self.amount_credited == 0
-            and amount >= self.amount - self.early_payment_discount
+            and self.balance > self.early_payment_discount
+            and amount >= self.balance - self.early_payment_discount
         )
         return self.early_payment_discount if applies else Decimal("0.00")
 

@@ -134,3 +134,26 @@ async def test_an_unpaid_late_fee_is_written_off_as_bad_debt_not_reversed(
     assert balances[BAD_DEBT_EXPENSE] == invoice.amount + fee.amount
     assert balances.get(DEFERRED_REVENUE, ZERO) == ZERO
     assert check_ledger(sqlite_ledger) == []
+
+
+async def test_an_unpaid_late_fee_alone_is_waived_and_never_suspends_or_ends_the_contract(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    config = drill_config(tmp_path / "config", late_fee_percent=2, late_fee_at_level=1)
+    async with own_worker(ts_env.client, sqlite_ledger, load_business_rules(config), settings):
+        handle = await start(ts_env.client, settings.task_queue)
+        await quote_to_signature(handle, term_months=1)
+        state = await advance_until(ts_env, handle, lambda s: len(s.invoices) == 2)
+        await pay_in_full(handle, state.invoices[0])  # the invoice; its fee is left unpaid
+        final = await final_state(handle, timeout=90)
+    assert final.stage == Stage.WON
+    fee = final.invoices[1]
+    assert fee.late_fee_on == final.invoices[0].number and fee.status == "void"
+    assert fee.reminders_sent == 4 and fee.amount_credited == fee.amount
+    assert not any(e.kind == "entitlements_suspended" for e in final.events)
+    assert "late fee unpaid 60 days after due: waived" in next(
+        e.detail for e in final.events if e.kind == "credit_note")  # fmt: skip
+    balances = account_balances(sqlite_ledger, handle.id)
+    assert balances.get(LATE_FEES, ZERO) == ZERO  # charged, then taken back
+    assert balances.get(BAD_DEBT_EXPENSE, ZERO) == ZERO
+    assert check_ledger(sqlite_ledger) == []

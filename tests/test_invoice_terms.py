@@ -1,6 +1,7 @@
 """Invoice terms: drafts (numbered, visible, not payable, then final and due) and the
 early-payment discount."""
 
+import asyncio
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.helpers import (
     own_worker,
     pay_in_full,
     quote_to_signature,
+    refusals,
     refused_after,
     signal,
     start,
@@ -105,10 +107,14 @@ async def test_an_invoice_paid_in_full_by_its_discount_day_is_paid_less_by_a_cre
         assert first.early_payment_until == first.issued_on + timedelta(days=10)
         html = stored(sqlite_ledger, first.number).html
         assert f"pay USD 490.00 in full by {first.early_payment_until.isoformat()}" in html
-        # Paid on time: the discount is a credit note, and 490.00 settles the invoice.
-        await signal(handle, "record_payment", {"invoice_number": first.number, "amount": "490.00",
-                                               "reference": "EARLY-1"})  # fmt: skip
-        state = await wait_until(handle, lambda s: s.invoices[0].status == "paid")
+        # Paid on time: the discount is a credit note, and 490.00 settles the invoice. The bank
+        # file is sent twice at once: the second is counted once while the first is applied.
+        early = {"invoice_number": first.number, "amount": "490.00", "reference": "EARLY-1"}
+        await asyncio.gather(*(signal(handle, "record_payment", early) for _ in range(2)))
+        state = await wait_until(handle, lambda s: s.invoices[0].status == "paid"
+                                 and len(refusals(s, "record_payment")) == 1)  # fmt: skip
+        assert "counted once" in refusals(state, "record_payment")[0]
+        assert state.payment_references == ["EARLY-1"] and state.customer_credit == 0
         assert (state.invoices[0].amount_paid, state.invoices[0].amount_credited) == (
             Decimal("490.00"), Decimal("10.00"))  # fmt: skip
         [note] = [e.detail for e in state.events if e.kind == "credit_note"]

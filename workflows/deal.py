@@ -127,6 +127,10 @@ USAGE_IN_ARREARS = "usage-billed-in-arrears"
 # Version marker: payments spread over open invoices, overpayments held as customer credit.
 CASH_APPLICATION = "cash-application"
 
+# Credit note references the deal itself uses; refused from people.
+EARLY_PAYMENT_PREFIX = "early-payment:"
+LATE_FEE_WAIVED_PREFIX = "late-fee-waived:"
+
 # Why money signals are refused once the deal is written off.
 COLLECTION_ENDED = "collection has ended: the deal's unpaid invoices are written off"
 
@@ -184,6 +188,8 @@ class DealWorkflow:
         self._collections: list[asyncio.Task[None]] = []
         self._charging: set[str] = set()  # invoices whose card charge is under way
         self._postings_running = 0  # payment postings under way
+        self._late_fees_running = 0  # late fees being charged: the deal does not close meanwhile
+        self._payments_in_flight: set[str] = set()  # references of payments being applied
         self._posting_order = asyncio.Lock()
         # Deals that reached billing before payments could be spread over invoices and held as
         # credit keep the rules they ran under (see invoice_collect_and_recognize).
@@ -453,7 +459,8 @@ class DealWorkflow:
             lambda: (
                 self._written_off
                 or (
-                    all(i.status not in ("open", "disputed") for i in self.deal.invoices)
+                    self._late_fees_running == 0
+                    and all(i.status not in ("open", "disputed") for i in self.deal.invoices)
                     # Credit still held is owed to the customer: the deal waits for its refund.
                     and self.deal.customer_credit == 0
                 )
@@ -681,6 +688,11 @@ class DealWorkflow:
             fee = None
             if level == policy.late_fee_at_level and invoice.late_fee_on is None:
                 fee = await self.charge_late_fee(invoice)
+                # Paid, disputed or written off while the fee was charged: as at any step.
+                if await self._wait_for_dunning(
+                    invoice, due_at, days, f"{invoice.number} reminder {level}"
+                ):
+                    return
             await self._call(
                 BillingActivities.send_dunning_reminder,
                 DunningNotice(
@@ -693,8 +705,7 @@ class DealWorkflow:
                     level=level,
                     final_level=len(levels),
                     days_overdue=days,
-                    suspends_service=level == policy.suspend_at_level
-                    and not self.deal.entitlements_suspended,
+                    suspends_service=self._suspends_at(invoice, level),
                     write_off_on=self._dunning_moment(
                         invoice, due_at, policy.write_off_days_after_due
                     ).date(),
@@ -709,11 +720,18 @@ class DealWorkflow:
                 "collections",
                 f"{invoice.number}: level {level}, {days} days overdue",
             )
-            if level == policy.suspend_at_level and invoice.status == "open":
+            if self._suspends_at(invoice, level) and invoice.status == "open":
                 await self.suspend_entitlements(invoice)
         if await self._wait_for_dunning(
             invoice, due_at, policy.write_off_days_after_due, f"{invoice.number} write-off"
         ):
+            return
+        if invoice.late_fee_on is not None:
+            # An unpaid late fee alone never ends the contract: it is waived, taking its income
+            # back.
+            await self._credit_invoice(invoice, invoice.balance, f"{LATE_FEE_WAIVED_PREFIX}{invoice.number}",
+                                       f"late fee unpaid {policy.write_off_days_after_due} days "
+                                       "after due: waived", "collections")  # fmt: skip
             return
         await self.write_off(
             f"{invoice.number} unpaid {policy.write_off_days_after_due} days after due"
@@ -721,37 +739,62 @@ class DealWorkflow:
 
     async def charge_late_fee(self, overdue: InvoiceView) -> InvoiceView | None:
         """A late fee (policy percent of what the overdue invoice still owes) on an invoice of its
-        own, collected like any other. None when the policy charges none."""
-        amount = late_fee(overdue.balance, self.policy.late_fee_percent)
-        if amount <= 0 or overdue.status != "open" or self._written_off:
-            return None
-        issued_at = workflow.now()
-        due_at = self.policy.due_at(issued_at)
-        # In decision order with the deal's payment postings; a write-off waits for it.
-        issued: IssuedInvoice = await self._post(
-            BillingActivities.issue_late_fee,
-            LateFeeRequest(
-                deal_id=self.deal_id,
-                lead=self.deal.lead,
-                overdue_invoice=overdue.number,
-                billing_month=overdue.billing_month,
-                overdue=overdue.balance,
-                percent=self.policy.late_fee_percent,
-                amount=amount,
-                currency=overdue.currency,
-                issued_on=issued_at.date(),
-                due_date=due_at.date(),
-            ),
-            f"late fee on {overdue.number}",
+        own, collected like any other. None when the policy charges none.
+
+        Decided in turn with the deal's payment postings (a payment decided first counts), on the
+        balance then; the deal does not close and a write-off does not start while it is under
+        way, nor before the fee is in the deal's view with its dunning started."""
+        self._postings_running += 1
+        self._late_fees_running += 1
+        try:
+            async with self._posting_order:
+                if (
+                    overdue.status != "open"
+                    or overdue.number in self._charging  # the card may settle it any moment
+                    or self._written_off
+                ):
+                    return None
+                balance = overdue.balance
+                amount = late_fee(balance, self.policy.late_fee_percent)
+                if amount <= 0:
+                    return None
+                issued_at = workflow.now()
+                due_at = self.policy.due_at(issued_at)
+                issued: IssuedInvoice = await self._call(
+                    BillingActivities.issue_late_fee,
+                    LateFeeRequest(
+                        deal_id=self.deal_id,
+                        lead=self.deal.lead,
+                        overdue_invoice=overdue.number,
+                        billing_month=overdue.billing_month,
+                        overdue=balance,
+                        percent=self.policy.late_fee_percent,
+                        amount=amount,
+                        currency=overdue.currency,
+                        issued_on=issued_at.date(),
+                        due_date=due_at.date(),
+                    ),
+                    f"late fee on {overdue.number}",
+                )
+                fee = _invoice_view(issued, None, overdue.billing_month, due_at)
+                fee.late_fee_on = overdue.number
+                self.deal.invoices.append(fee)
+                self._refresh_balance()
+                self._record("late_fee_charged", "collections",
+                             f"{fee.number}: {fee.amount} {fee.currency} on {overdue.number}")  # fmt: skip
+                self._collect_in_background(fee, due_at)
+                return fee
+        finally:
+            self._postings_running -= 1
+            self._late_fees_running -= 1
+
+    def _suspends_at(self, invoice: InvoiceView, level: int) -> bool:
+        """Whether this reminder suspends service: at the policy's level, not for a late fee."""
+        return (
+            level == self.policy.suspend_at_level
+            and invoice.late_fee_on is None
+            and not self.deal.entitlements_suspended
         )
-        fee = _invoice_view(issued, None, overdue.billing_month, due_at)
-        fee.late_fee_on = overdue.number
-        self.deal.invoices.append(fee)
-        self._refresh_balance()
-        self._record("late_fee_charged", "collections",
-                     f"{fee.number}: {fee.amount} {fee.currency} on {overdue.number}")  # fmt: skip
-        self._collect_in_background(fee, due_at)
-        return fee
 
     async def suspend_entitlements(self, invoice: InvoiceView) -> None:
         """Service stops while an invoice is this far overdue; it resumes once none is."""
@@ -775,7 +818,7 @@ class DealWorkflow:
         level = self.policy.suspend_at_level
         # A contested invoice keeps service suspended until the dispute is decided.
         return any(
-            i.status in ("open", "disputed") and i.reminders_sent >= level
+            i.status in ("open", "disputed") and i.reminders_sent >= level and i.late_fee_on is None
             for i in self.deal.invoices
         )
 
@@ -1061,7 +1104,10 @@ class DealWorkflow:
             named = self._invoice(payment.invoice_number)
         if self._written_off:
             reason = COLLECTION_ENDED
-        elif payment.reference in self.deal.payment_references:
+        elif (
+            payment.reference in self.deal.payment_references
+            or payment.reference in self._payments_in_flight
+        ):
             reason = f"reference {payment.reference} was already applied; counted once"
         elif (wrong_currency := self._wrong_currency(payment.currency)) is not None:
             reason = wrong_currency
@@ -1076,13 +1122,25 @@ class DealWorkflow:
         if reason is not None:
             self._refuse("record_payment", payment.recorded_by, reason)
             return
-        if named is not None and (
-            discount := named.early_payment_discount_for(payment.amount, workflow.now().date())
+        discount_reference = f"{EARLY_PAYMENT_PREFIX}{named.number}" if named else ""
+        if (
+            named is not None
+            and discount_reference not in self.deal.credit_note_references
+            and (
+                discount := named.early_payment_discount_for(payment.amount, workflow.now().date())
+            )
         ):
             # Paid early: the discount offered on the invoice is a credit note, then the payment
-            # settles the rest.
-            await self._credit_invoice(named, discount, f"early-payment:{named.number}",
-                                       "early-payment discount", payment.recorded_by)  # fmt: skip
+            # settles the rest. The reference is taken meanwhile: a resent one counts once.
+            self._payments_in_flight.add(payment.reference)
+            try:
+                await self._credit_invoice(named, discount, discount_reference,
+                                           "early-payment discount", payment.recorded_by)  # fmt: skip
+            finally:
+                self._payments_in_flight.discard(payment.reference)
+            if self._written_off:  # not reached: a write-off waits for postings under way
+                self._refuse("record_payment", payment.recorded_by, COLLECTION_ENDED)
+                return
         await self._apply_payment(payment.amount, payment.reference, payment.recorded_by, named)
 
     async def _apply_payment(
@@ -1173,6 +1231,8 @@ class DealWorkflow:
             reason = COLLECTION_ENDED
         elif note.reference in self.deal.credit_note_references:
             reason = f"reference {note.reference} was already used; counted once"
+        elif note.reference.startswith((EARLY_PAYMENT_PREFIX, LATE_FEE_WAIVED_PREFIX)):
+            reason = f"references starting {note.reference.split(':')[0]}: are the deal's own"
         elif (wrong_currency := self._wrong_currency(note.currency)) is not None:
             reason = wrong_currency
         elif invoice is None:
