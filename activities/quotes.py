@@ -9,6 +9,7 @@ from temporalio.exceptions import ApplicationError
 
 from l2c.config import BusinessRules
 from l2c.documents import render, sha256_hex
+from l2c.price_books import PriceBooks
 from l2c.pricing import price_quote
 from models.documents import (
     ContractDocument,
@@ -28,11 +29,18 @@ class QuoteActivities:
     def __init__(self, engine: Engine, rules: BusinessRules):
         self._engine = engine
         self._rules = rules
+        self._price_books = PriceBooks(engine, rules.catalog)
 
     @activity.defn
     def price_quote(self, request: QuoteRequest) -> QuotePricing:
-        """Price a submitted quote and store it; a refusal is returned, not raised, and stores nothing."""
-        pricing = price_quote(self._rules.catalog, self._rules.approvals, request)
+        """Price a submitted quote on the deal's price book and store it; a refusal is returned,
+        not raised, and stores nothing."""
+        catalog = self._price_books.version(request.price_book_version)
+        if catalog is None:
+            return QuotePricing(
+                refusal=f"the deal's price book {request.price_book_version!r} is not in the ledger"
+            )
+        pricing = price_quote(catalog, self._rules.approvals, request)
         quote = pricing.quote
         if quote is None:
             return pricing

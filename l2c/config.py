@@ -42,8 +42,18 @@ class Product(_Strict):
     unit: str
     prices: dict[str, Decimal] = Field(default_factory=dict)
     tiers: list[Tier] = Field(default_factory=list)
+    # Tiers: "graduated" prices each unit in its own tier; "volume" prices every unit at the
+    # price of the tier the whole quantity reaches.
+    tier_mode: Literal["graduated", "volume"] = "graduated"
     # How many metered units (what usage events count, e.g. API calls) make one priced unit.
     metered_per_unit: int = Field(default=1, ge=1, le=1_000_000_000)
+    # Guardrails: a net unit price below the floor is refused (never sent for approval), and so
+    # are quantities above the maximum, a quote without a product this one requires, and a
+    # customer in a country where it is not sold.
+    floor_prices: dict[str, Decimal] = Field(default_factory=dict)
+    max_quantity: int | None = Field(default=None, ge=1)
+    requires: list[str] = Field(default_factory=list)
+    not_sold_in: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _priced(self) -> "Product":
@@ -61,25 +71,55 @@ class Product(_Strict):
                 raise ValueError(f"{self.sku}: every tier must be priced in the same currencies")
         elif not self.prices or self.tiers:
             raise ValueError(f"{self.sku}: a {self.kind} product needs prices and no tiers")
-        for price in [*self.prices.values(), *(p for t in self.tiers for p in t.prices.values())]:
+        for price in [*self.prices.values(), *(p for t in self.tiers for p in t.prices.values()),
+                      *self.floor_prices.values()]:  # fmt: skip
             if price < 0 or price != price.quantize(Decimal("0.0001")):
                 raise ValueError(f"{self.sku}: prices must be >= 0 with at most 4 decimals")
+        unpriced = sorted(set(self.floor_prices) - self.currencies())
+        if unpriced:
+            raise ValueError(f"{self.sku}: a floor price in {', '.join(unpriced)}, not a price")
         return self
 
     def currencies(self) -> set[str]:
         return set(self.tiers[0].prices) if self.tiers else set(self.prices)
 
 
+class TermDiscount(_Strict):
+    min_months: int = Field(ge=1)
+    percent: Decimal = Field(gt=0, lt=100, decimal_places=2)
+
+
 class Catalog(_Strict):
-    version: str
+    version: str = Field(min_length=1, max_length=40)
     products: list[Product]
+    # Term limits for any quote, and the standard discount for committing to a longer term (the
+    # highest one the term reaches; it needs no approval).
+    min_term_months: int = Field(default=1, ge=1)
+    max_term_months: int = Field(default=120, ge=1, le=120)
+    term_discounts: list[TermDiscount] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> "Catalog":
         skus = [p.sku for p in self.products]
         if len(skus) != len(set(skus)):
             raise ValueError("a SKU is listed twice")
+        for product in self.products:
+            unknown = [sku for sku in product.requires if sku not in skus or sku == product.sku]
+            if unknown:
+                raise ValueError(
+                    f"{product.sku} requires {', '.join(unknown)}: not another SKU here"
+                )
+        if self.min_term_months > self.max_term_months:
+            raise ValueError("min_term_months is above max_term_months")
+        steps = [t.min_months for t in self.term_discounts]
+        if steps != sorted(set(steps)):
+            raise ValueError("term_discounts must be listed by increasing min_months")
         return self
+
+    def term_discount(self, term_months: int) -> Decimal:
+        """The standard discount (percent) a term of this length earns."""
+        earned = [t.percent for t in self.term_discounts if term_months >= t.min_months]
+        return earned[-1] if earned else Decimal(0)
 
     @cached_property
     def by_sku(self) -> dict[str, Product]:

@@ -5,7 +5,7 @@ itself; it receives the result of the `price_quote` activity, which calls `price
 """
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from l2c.config import ApprovalMatrix, Catalog, Product
 from models.documents import (
@@ -17,6 +17,7 @@ from models.documents import (
     QuotePricing,
     QuoteRequest,
     UsageTier,
+    WaterfallStep,
 )
 from models.money import ZERO, to_cents
 from models.signals import BillingPeriod
@@ -29,12 +30,23 @@ class QuoteRefused(ValueError):
 
 
 def graduated_price(product: Product, quantity: int | Decimal, currency: str) -> Decimal:
-    """Price of `quantity` units through graduated tiers: each tier prices the units inside it."""
-    return _through_tiers(usage_tiers(product, currency), quantity)
+    """Price of `quantity` units through the product's tiers (graduated: each tier prices the
+    units inside it; volume: the tier the whole quantity reaches prices every unit)."""
+    return tiered_price(usage_tiers(product, currency), quantity, product.tier_mode)
 
 
 def usage_tiers(product: Product, currency: str) -> list[UsageTier]:
     return [UsageTier(up_to=tier.up_to, unit_price=tier.prices[currency]) for tier in product.tiers]
+
+
+def tiered_price(
+    tiers: list[UsageTier], quantity: int | Decimal, mode: Literal["graduated", "volume"]
+) -> Decimal:
+    """`quantity` units priced through `tiers`, unrounded."""
+    if mode == "volume":
+        reached = next(t for t in tiers if t.up_to is None or quantity <= t.up_to)
+        return quantity * reached.unit_price
+    return _through_tiers(tiers, quantity)
 
 
 def _through_tiers(tiers: list[UsageTier], quantity: int | Decimal) -> Decimal:
@@ -69,36 +81,54 @@ def usage_overage(line: PricedLine, discount_percent: Decimal, metered: int) -> 
     units = Decimal(metered) / line.metered_per_unit
     if units <= line.quantity:
         return to_cents(Decimal(0))
-    beyond = _through_tiers(line.usage_tiers, units) - _through_tiers(
-        line.usage_tiers, line.quantity
+    tiers, mode = line.usage_tiers, line.tier_mode
+    # Under volume pricing more units can cost less in all; the commitment is never refunded.
+    beyond = max(
+        Decimal(0), tiered_price(tiers, units, mode) - tiered_price(tiers, line.quantity, mode)
     )
     return _discounted(beyond, discount_percent)
 
 
-def _price_line(product: Product, quantity: int, request: QuoteRequest) -> PricedLine:
+def _price_line(
+    product: Product, quantity: int, request: QuoteRequest, term_discount: Decimal
+) -> PricedLine:
     currency = request.currency
     if currency not in product.currencies():
         raise QuoteRefused(
             f"{product.sku} has no {currency} price (price lists: "
             f"{', '.join(sorted(product.currencies()))})"
         )
+    if product.max_quantity is not None and quantity > product.max_quantity:
+        raise QuoteRefused(
+            f"{product.sku}: quantity {quantity} is above the maximum of {product.max_quantity} "
+            "(rule: maximum quantity)"
+        )
     discount = request.submission.discount_percent
     term = request.submission.term_months
     monthly_list: Decimal | None = None
     monthly_net: Decimal | None = None
     tiers: list[UsageTier] | None = None
-    if product.kind == "one_time":
-        list_amount = to_cents(product.prices[currency] * quantity)
-        net_amount = _discounted(list_amount, discount)
+    if product.tiers:
+        tiers = usage_tiers(product, currency)
+        list_price = to_cents(tiers[0].unit_price * quantity)  # every unit at the first tier
+        after_tiers = to_cents(tiered_price(tiers, quantity, product.tier_mode))
     else:
-        if product.kind == "usage":
-            tiers = usage_tiers(product, currency)
-            monthly_list = to_cents(_through_tiers(tiers, quantity))
-        else:
-            monthly_list = to_cents(product.prices[currency] * quantity)
-        # The defined rounding point: the discounted monthly amount is rounded once, and every
-        # invoice and recognition is a whole number of those months, so they add up to the cent.
-        monthly_net = _discounted(monthly_list, discount)
+        list_price = after_tiers = to_cents(product.prices[currency] * quantity)
+    # The defined rounding point: the discounted amount (a month's, for a recurring or usage
+    # line) is rounded once, from the term and rep discounts combined; every invoice and
+    # recognition is a whole number of those months, so they add up to the cent.
+    combined = 100 - (100 - term_discount) * (100 - discount) / 100
+    net = _discounted(after_tiers, combined)
+    floor = product.floor_prices.get(currency)
+    if floor is not None and net < floor * quantity:
+        raise QuoteRefused(
+            f"{product.sku}: net {net / quantity:.2f} {currency} per {product.unit} is below its "
+            f"floor of {floor} (rule: floor price; a lower price cannot be approved)"
+        )
+    if product.kind == "one_time":
+        list_amount, net_amount = after_tiers, net
+    else:
+        monthly_list, monthly_net = after_tiers, net
         list_amount, net_amount = monthly_list * term, monthly_net * term
     return PricedLine(
         sku=product.sku,
@@ -110,9 +140,56 @@ def _price_line(product: Product, quantity: int, request: QuoteRequest) -> Price
         monthly_net=monthly_net,
         list_amount=list_amount,
         net_amount=net_amount,
-        usage_tiers=tiers,
+        usage_tiers=tiers if product.kind == "usage" else None,
         metered_per_unit=product.metered_per_unit,
+        tier_mode=product.tier_mode,
+        waterfall=waterfall(list_price, after_tiers, term_discount, discount, net),
     )
+
+
+def waterfall(
+    list_price: Decimal, after_tiers: Decimal, term_discount: Decimal, discount: Decimal,
+    net: Decimal,
+) -> list[WaterfallStep]:  # fmt: skip
+    """List price to net price in steps that add up exactly: the term discount's step is rounded,
+    and the rep's discount takes what is left to the net (computed once, see `_price_line`)."""
+    steps = [WaterfallStep(step="list", label="list price", amount=list_price)]
+    if after_tiers != list_price:
+        steps.append(WaterfallStep(step="tier_discount", label="volume tiers",
+                                   amount=after_tiers - list_price))  # fmt: skip
+    term_step = to_cents(after_tiers * term_discount / HUNDRED)
+    if term_step:
+        steps.append(WaterfallStep(step="term_discount", label=f"term discount {term_discount}%",
+                                   amount=-term_step))  # fmt: skip
+    rep_step = net - (after_tiers - term_step)
+    if rep_step:
+        steps.append(WaterfallStep(step="rep_discount", label=f"discount {discount}%",
+                                   amount=rep_step))  # fmt: skip
+    steps.append(WaterfallStep(step="net", label="net price", amount=net))
+    return steps
+
+
+def check_guardrails(catalog: Catalog, request: QuoteRequest) -> None:
+    """The rules a quote as a whole must meet; each refusal names its rule."""
+    submission = request.submission
+    term = submission.term_months
+    if not catalog.min_term_months <= term <= catalog.max_term_months:
+        raise QuoteRefused(
+            f"a {term}-month term is outside {catalog.min_term_months}-{catalog.max_term_months} "
+            "months (rule: term limits)"
+        )
+    skus = {line.sku for line in submission.lines}
+    for sku in sorted(skus):
+        product = catalog.by_sku[sku]
+        missing = [required for required in product.requires if required not in skus]
+        if missing:
+            raise QuoteRefused(
+                f"{sku} requires {', '.join(missing)} on the same quote (rule: required products)"
+            )
+        if request.country is not None and request.country in product.not_sold_in:
+            raise QuoteRefused(
+                f"{sku} is not sold in {request.country} (rule: countries not served)"
+            )
 
 
 def approval_requirement(
@@ -203,15 +280,18 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
         repeated = sorted({sku for sku in skus if skus.count(sku) > 1})
         if repeated:
             raise QuoteRefused(f"SKU listed more than once: {', '.join(repeated)}")
-        lines = []
-        for line in submission.lines:
-            product = catalog.by_sku.get(line.sku)
-            if product is None:
-                raise QuoteRefused(
-                    f"unknown SKU {line.sku!r} (price book {catalog.version} has "
-                    f"{', '.join(catalog.by_sku)})"
-                )
-            lines.append(_price_line(product, line.quantity, request))
+        unknown = next((ln.sku for ln in submission.lines if ln.sku not in catalog.by_sku), None)
+        if unknown is not None:
+            raise QuoteRefused(
+                f"unknown SKU {unknown!r} (price book {catalog.version} has "
+                f"{', '.join(catalog.by_sku)})"
+            )
+        check_guardrails(catalog, request)
+        term_discount = catalog.term_discount(submission.term_months)
+        lines = [
+            _price_line(catalog.by_sku[line.sku], line.quantity, request, term_discount)
+            for line in submission.lines
+        ]
         approval = approval_requirement(
             matrix, submission.discount_percent, submission.submitted_by
         )
@@ -225,6 +305,7 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
         discount_percent=submission.discount_percent,
         term_months=submission.term_months,
         billing_period=submission.billing_period,
+        term_discount_percent=term_discount,
         **_derived_from_lines(lines, submission.billing_period, submission.term_months),
     )
     return QuotePricing(quote=quote, approval=approval)
@@ -258,11 +339,13 @@ def change_quantity(quote: Quote, sku: str, quantity: int) -> Quote:
             if line.kind != "recurring" or line.monthly_list is None:
                 raise QuoteRefused(f"{sku} is not a recurring line")
             monthly_list = to_cents(line.monthly_list / line.quantity * quantity)
-            monthly_net = _discounted(monthly_list, quote.discount_percent)
+            monthly_net = _discounted(monthly_list, quote.effective_discount_percent)
+            steps = waterfall(monthly_list, monthly_list, quote.term_discount_percent,
+                              quote.discount_percent, monthly_net)  # fmt: skip
             line = line.model_copy(update={
                 "quantity": quantity, "monthly_list": monthly_list, "monthly_net": monthly_net,
                 "list_amount": monthly_list * quote.term_months,
-                "net_amount": monthly_net * quote.term_months})  # fmt: skip
+                "net_amount": monthly_net * quote.term_months, "waterfall": steps})  # fmt: skip
         lines.append(line)
     return quote.model_copy(
         update={

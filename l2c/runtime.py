@@ -26,6 +26,7 @@ from l2c.db import init_ledger, make_engine
 from l2c.faults import FaultInjector, FaultPlan
 from l2c.gateway import PaymentGateway
 from l2c.mail import Mailer
+from l2c.price_books import register_price_book
 from models.deal import WORKFLOW_TYPE, LeadInput, Stage, workflow_id_for
 from models.search import DEAL_STAGE
 from models.state import DealState
@@ -77,6 +78,7 @@ def build_worker(
         # Lives as long as the worker; a charge that hangs is abandoned after 30 s and retried.
         http = httpx.Client(timeout=httpx.Timeout(10.0, read=30.0))
         gateway = PaymentGateway(http, settings.gateway_url, settings.gateway_api_key)
+    register_price_book(engine, rules.catalog)
     activities = build_activities(engine, rules, mailer, gateway)
     interceptors = []
     if settings.faults_json:

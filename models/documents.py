@@ -8,7 +8,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, computed_field, model_validator
 
 from models.cash import Allocation
 from models.deal import LeadInput
@@ -24,10 +24,16 @@ class LeadAssessment(BaseModel):
 
 
 class UsageTier(BaseModel):
-    """A graduated tier of a usage product, in the quote's currency, locked when it is quoted."""
+    """A tier of a usage product, in the quote's currency, locked when it is quoted."""
 
     up_to: int | None  # in priced units (e.g. thousands of calls); None = no upper bound
     unit_price: Decimal
+
+
+class WaterfallStep(BaseModel):
+    step: Literal["list", "tier_discount", "term_discount", "rep_discount", "net"]
+    label: str
+    amount: Decimal  # a price (list, net) or a discount (negative)
 
 
 class PricedLine(BaseModel):
@@ -44,6 +50,10 @@ class PricedLine(BaseModel):
     # is billed in arrears through these tiers (how many metered units make one priced unit).
     usage_tiers: list[UsageTier] | None = None
     metered_per_unit: int = 1
+    tier_mode: Literal["graduated", "volume"] = "graduated"
+    # How the list price became the net price, step by step (per month for recurring and usage
+    # lines, once for one-time ones); the steps add up to the net exactly.
+    waterfall: list[WaterfallStep] = []
 
 
 class InvoiceLinePlan(BaseModel):
@@ -76,6 +86,25 @@ class Quote(BaseModel):
     monthly_recurring_net: Decimal  # recognized ratably, one month at a time
     one_time_net: Decimal  # recognized at a point in time, when provisioning completes
     billing_plan: list[BillingPeriodPlan]
+    # The standard discount the term earned (before the rep's `discount_percent`).
+    term_discount_percent: Decimal = Decimal(0)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tcv(self) -> Decimal:
+        """Total contract value: everything the quote bills over its term."""
+        return self.net_total
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def acv(self) -> Decimal:
+        """Annual contract value: the recurring net of a year."""
+        return self.monthly_recurring_net * 12
+
+    @property
+    def effective_discount_percent(self) -> Decimal:
+        """The term discount and then the rep's, as one percent (exact: at most 4 decimals)."""
+        return 100 - (100 - self.term_discount_percent) * (100 - self.discount_percent) / 100
 
 
 class ApprovalRequirement(BaseModel):
@@ -89,6 +118,10 @@ class QuoteRequest(BaseModel):
     version: int
     currency: str
     submission: SubmitQuote
+    country: str | None = None  # the customer's: some products are not sold everywhere
+    # The price book the deal's first quote was priced on; later quotes use it too. None: the
+    # current one.
+    price_book_version: str | None = None
 
 
 class QuotePricing(BaseModel):

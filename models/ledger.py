@@ -86,6 +86,17 @@ class Lead(SQLModel, table=True):
     closed_at: datetime | None = utc_timestamp(nullable=True)
 
 
+class PriceBookRecord(SQLModel, table=True):
+    """Every price book version the workers have run with: a deal prices all its quotes on the
+    version of its first, long after config/catalog.toml has moved on."""
+
+    __tablename__ = "price_books"
+    version: str = Field(primary_key=True, max_length=40)
+    sha256: str = Field(max_length=64)  # of `content`: the same version must mean the same prices
+    content: str  # the catalog as JSON
+    loaded_at: datetime = utc_timestamp()
+
+
 class QuoteRecord(SQLModel, table=True):
     __tablename__ = "quotes"
     __table_args__ = (UniqueConstraint("deal_id", "version"),)

@@ -1,4 +1,5 @@
-"""Pure rules: pricing, approval authority, billing plans, scoring, configuration, lead input."""
+"""Pure rules: scoring, routing, the calendar, configuration, lead input (pricing and approvals:
+test_pricing.py)."""
 
 import json
 import re
@@ -6,95 +7,19 @@ import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from l2c.config import PROJECT_ROOT, BusinessRules, ConfigError, load_business_rules
 from l2c.drill import drill_config
 from l2c.faults import FaultPlan
 from l2c.leads_io import parse_lead, read_leads
-from l2c.pricing import QuoteRefused, approval_requirement, graduated_price, price_quote
 from l2c.scoring import assess_lead
 from models.calendar import add_months
-from models.documents import QuoteRequest
-from models.money import ZERO
-from models.signals import SubmitQuote
 from tests.helpers import make_lead
 
 BIN = Path(sys.executable).parent
-
-
-def quote_request(currency: str = "USD", **fields: object) -> QuoteRequest:
-    submission = {
-        "submitted_by": "nora.na",
-        "lines": [{"sku": "PLATFORM", "quantity": 10}],
-        **fields,
-    }
-    return QuoteRequest(deal_id="d", version=1, currency=currency,
-                        submission=SubmitQuote.model_validate(submission))  # fmt: skip
-
-
-def test_graduated_tiers_price_each_unit_in_its_tier(rules: BusinessRules) -> None:
-    api = rules.catalog.by_sku["API_CALLS"]
-    assert graduated_price(api, 100, "USD") == Decimal("200.00")
-    assert graduated_price(api, 101, "USD") == Decimal("201.50")
-    assert graduated_price(api, 1000, "USD") == Decimal("1550.00")
-    assert graduated_price(api, 1001, "USD") == Decimal("1551.00")
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    quantities=st.lists(st.integers(1, 5000), min_size=1, max_size=3),
-    discount=st.decimals(0, 50, places=2),
-    term=st.integers(1, 60),
-    period=st.sampled_from(["upfront", "annual", "monthly"]),
-)
-def test_invoices_add_up_to_the_quote_to_the_cent(rules: BusinessRules, quantities: list[int], discount: Decimal,
-                                                  term: int, period: str) -> None:  # fmt: skip
-    skus = ["PLATFORM", "API_CALLS", "ONBOARDING"][: len(quantities)]
-    lines = [{"sku": sku, "quantity": q} for sku, q in zip(skus, quantities, strict=True)]
-    pricing = price_quote(rules.catalog, rules.approvals,
-                          quote_request(lines=lines, discount_percent=str(discount), term_months=term, billing_period=period,
-                                        submitted_by="someone.else"))  # fmt: skip
-    quote = pricing.quote
-    assert quote is not None
-    assert sum((p.amount for p in quote.billing_plan), ZERO) == quote.net_total
-    assert sum(p.months for p in quote.billing_plan) == term
-    assert quote.net_total == quote.monthly_recurring_net * term + quote.one_time_net
-    assert quote.net_total <= quote.list_total
-    assert all(p.amount == p.amount.quantize(Decimal("0.01")) for p in quote.billing_plan)
-
-
-def test_approval_needs_the_lowest_sufficient_role_and_excludes_the_submitter(
-    rules: BusinessRules,
-) -> None:
-    matrix = rules.approvals
-    assert approval_requirement(matrix, Decimal("10"), "nora.na") is None
-    need = approval_requirement(matrix, Decimal("10.01"), "nora.na")
-    assert need is not None and need.required_role == "manager"
-    need = approval_requirement(matrix, Decimal("35"), "carla.cfo")
-    assert (
-        need is not None
-        and need.required_role == "vp_sales"
-        and need.eligible_approvers == ["victor.vp"]
-    )
-    with pytest.raises(QuoteRefused, match="highest approval limit"):
-        approval_requirement(matrix, Decimal("50.01"), "nora.na")
-    with pytest.raises(QuoteRefused, match="nobody but the submitter"):
-        approval_requirement(matrix, Decimal("45"), "carla.cfo")
-
-
-def test_quote_refusals_name_the_rule(rules: BusinessRules) -> None:
-    refuse = lambda **f: price_quote(rules.catalog, rules.approvals, quote_request(**f)).refusal  # noqa: E731
-    assert "unknown SKU 'NOPE'" in str(refuse(lines=[{"sku": "NOPE", "quantity": 1}]))
-    assert "more than once" in str(
-        refuse(lines=[{"sku": "PLATFORM", "quantity": 1}, {"sku": "platform", "quantity": 2}])
-    )
-    assert "no JPY price" in str(refuse(currency="JPY"))
 
 
 def test_scoring_is_explained_and_routing_follows_rules(rules: BusinessRules) -> None:

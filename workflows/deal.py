@@ -298,6 +298,9 @@ class DealWorkflow:
             version=self._quote_versions,
             currency=self.deal.lead.currency,
             submission=submission,
+            country=self.deal.lead.country,
+            # A deal's quotes are all priced on the price book of its first one.
+            price_book_version=self.deal.quote.price_book_version if self.deal.quote else None,
         )
         pricing = await self._call(QuoteActivities.price_quote, request, "price quote")
         if pricing.quote is None:
@@ -560,7 +563,7 @@ class DealWorkflow:
                 month_seconds=self.policy.month_seconds,
                 through_month=billing_month,
                 lines=[line for line in quote.lines if line.kind == "usage"],
-                discount_percent=quote.discount_percent,
+                discount_percent=quote.effective_discount_percent,
             )
         adjustments = list(self.deal.pending_adjustments)
         drafted = self.policy.invoice_draft_hours > 0  # terms are set once the draft is final
