@@ -21,7 +21,7 @@ def build_activities(
     engine: Engine, rules: BusinessRules, mailer: Mailer, gateway: PaymentGateway | None = None
 ) -> list[Callable[..., Any]]:
     leads = LeadActivities(engine, rules, mailer)
-    quotes = QuoteActivities(engine, rules)
+    quotes = QuoteActivities(engine, rules, mailer)
     fulfilment = FulfilmentActivities(engine)
     billing = BillingActivities(engine, mailer, rules.tax)
     revenue = RevenueActivities(engine)
@@ -32,6 +32,7 @@ def build_activities(
         leads.send_nurture_touch,
         leads.close_deal,
         quotes.price_quote,
+        quotes.escalate_approval,
         quotes.render_contract,
         quotes.record_signature,
         fulfilment.provision_order,

@@ -8,12 +8,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from l2c.config import BusinessRules
-from l2c.documents import render, sha256_hex
+from l2c.documents import render, render_email, sha256_hex
+from l2c.mail import Mailer
 from l2c.price_books import PriceBooks
 from l2c.pricing import price_quote
 from models.documents import (
+    ApprovalRequirement,
     ContractDocument,
     ContractRequest,
+    EscalationRequest,
     QuotePricing,
     QuoteRequest,
     SignatureRecord,
@@ -26,9 +29,10 @@ def quote_id_for(deal_id: str, version: int) -> str:
 
 
 class QuoteActivities:
-    def __init__(self, engine: Engine, rules: BusinessRules):
+    def __init__(self, engine: Engine, rules: BusinessRules, mailer: Mailer | None = None):
         self._engine = engine
         self._rules = rules
+        self._mailer = mailer
         self._price_books = PriceBooks(engine, rules.catalog)
 
     @activity.defn
@@ -45,8 +49,13 @@ class QuoteActivities:
         if quote is None:
             return pricing
         quote_id = quote_id_for(request.deal_id, quote.version)
+        html = render("quote.html", quote_id=quote_id, quote=quote, customer=request.customer)
+        digest = sha256_hex(html)
         with Session(self._engine) as session:
-            if session.get(QuoteRecord, quote_id) is None:
+            stored = session.get(QuoteRecord, quote_id)
+            if stored is not None:
+                digest = stored.document_sha256  # an earlier attempt's document is the one
+            else:
                 session.add(
                     QuoteRecord(
                         quote_id=quote_id,
@@ -61,6 +70,8 @@ class QuoteActivities:
                         list_total=quote.list_total,
                         net_total=quote.net_total,
                         created_at=datetime.now(UTC),
+                        document_sha256=digest,
+                        html=html,
                     )
                 )
                 session.flush()
@@ -78,7 +89,43 @@ class QuoteActivities:
                         )
                     )
                 session.commit()
+        pricing.quote = quote.model_copy(update={"document_sha256": digest})
         return pricing
+
+    @activity.defn
+    def escalate_approval(self, request: EscalationRequest) -> ApprovalRequirement:
+        """An approval past its SLA moves to the next role up (at the top it stays), due again one
+        SLA later; everybody who may now give it is reminded by e-mail, once per escalation."""
+        matrix = self._rules.approvals
+        excluded = {request.submitted_by, *request.taken}
+        rank = min(matrix.rank(request.role) + 1, len(matrix.roles) - 1)
+        role = matrix.roles[rank].name
+        if not matrix.eligible(role, excluded):
+            role = request.role  # nobody free above: it stays where it is
+        escalated = ApprovalRequirement(
+            rule=request.rule,
+            required_role=role,
+            role_limit_percent=matrix.role_limit(role),
+            eligible_approvers=matrix.eligible(role, excluded),
+            due_at=matrix.escalation.due(request.escalated_at),
+        )
+        if self._mailer is not None:
+            emails = {a.name: a.email for a in matrix.approvers}
+            for approver in escalated.eligible_approvers:
+                subject, body = render_email(
+                    "approval_reminder.txt", lead=request.lead, approver=approver,
+                    quote_version=request.quote_version, submitted_by=request.submitted_by,
+                    requirement=escalated, escalated=role != request.role,
+                    deal_id=request.deal_id)  # fmt: skip
+                self._mailer.send_once(
+                    key=f"{request.deal_id}:approval:{request.quote_version}:"
+                    f"{sha256_hex(request.rule)[:12]}:{request.escalation}:{approver}",
+                    deal_id=request.deal_id,
+                    recipient=emails[approver],
+                    subject=subject,
+                    body=body,
+                )
+        return escalated
 
     @activity.defn
     def render_contract(self, request: ContractRequest) -> ContractDocument:

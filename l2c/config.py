@@ -6,6 +6,7 @@ worker refuses to start rather than run deals on a rule it misread.
 
 import os
 import tomllib
+from datetime import datetime, time
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from models.calendar import add_business_hours
 from models.deal import TASK_QUEUE, ActivityTiming, DealPolicy, LeadInput
 from models.validation import explain
 
@@ -97,6 +99,7 @@ class Catalog(_Strict):
     min_term_months: int = Field(default=1, ge=1)
     max_term_months: int = Field(default=120, ge=1, le=120)
     term_discounts: list[TermDiscount] = Field(default_factory=list)
+    quote_valid_days: int = Field(default=30, ge=1, le=365)  # unsigned by then: it expires
 
     @model_validator(mode="after")
     def _unique(self) -> "Catalog":
@@ -140,10 +143,46 @@ class Approver(_Strict):
     email: str
 
 
+class ApprovalRule(_Strict):
+    """An approval a quote needs besides its discount's: the rule's role (or a higher one) must
+    approve when the quote meets any of its conditions."""
+
+    name: str = Field(min_length=1, max_length=60)
+    role: str
+    min_tcv: dict[str, Decimal] = Field(default_factory=dict)  # per currency
+    min_term_months: int | None = Field(default=None, ge=1)
+    billing_periods: list[Literal["upfront", "annual", "monthly"]] = Field(default_factory=list)
+
+
+class Escalation(_Strict):
+    """An approval not given within its SLA (business hours) moves to the next role up, whose
+    approvers are reminded; at the top role they are reminded again each SLA."""
+
+    sla_business_hours: float = Field(default=24, gt=0, le=1000)
+    day_start: time = time(9)
+    day_end: time = time(17)
+    workdays: list[int] = Field(default=[1, 2, 3, 4, 5], min_length=1)
+
+    def due(self, start: datetime) -> datetime:
+        """When an approval asked for at `start` is escalated."""
+        return add_business_hours(start, self.sla_business_hours, self.day_start, self.day_end,
+                                  frozenset(self.workdays))  # fmt: skip
+
+    @model_validator(mode="after")
+    def _a_working_day(self) -> "Escalation":
+        if self.day_start >= self.day_end:
+            raise ValueError("day_start must come before day_end")
+        if not set(self.workdays) <= set(range(1, 8)):
+            raise ValueError("workdays are ISO weekdays, 1 (Monday) to 7 (Sunday)")
+        return self
+
+
 class ApprovalMatrix(_Strict):
     auto_approve_max_percent: Decimal = Field(ge=0, le=100)
     roles: list[Role] = Field(min_length=1)
     approvers: list[Approver]
+    rules: list[ApprovalRule] = Field(default_factory=list)
+    escalation: Escalation = Escalation()
 
     @model_validator(mode="after")
     def _consistent(self) -> "ApprovalMatrix":
@@ -161,10 +200,25 @@ class ApprovalMatrix(_Strict):
         people = [a.name for a in self.approvers]
         if len(people) != len(set(people)):
             raise ValueError("an approver is listed twice")
+        for rule in self.rules:
+            if rule.role not in names:
+                raise ValueError(f"approval rule {rule.name!r} has unknown role {rule.role!r}")
         return self
 
     def role_limit(self, role: str) -> Decimal:
         return next(r.max_discount_percent for r in self.roles if r.name == role)
+
+    def rank(self, role: str) -> int:
+        """A role's place in the ladder, lowest first: a higher role may do what a lower may."""
+        return next(n for n, r in enumerate(self.roles) if r.name == role)
+
+    def may_act_as(self, approver: Approver, role: str) -> bool:
+        return self.rank(approver.role) >= self.rank(role)
+
+    def eligible(self, role: str, excluded: set[str]) -> list[str]:
+        """Who may approve as `role` (or above), but nobody in `excluded` (the submitter)."""
+        return [a.name for a in self.approvers
+                if self.may_act_as(a, role) and a.name not in excluded]  # fmt: skip
 
 
 # ---------------------------------------------------------------- policy

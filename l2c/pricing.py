@@ -4,10 +4,12 @@ This module is the one place these rules live. The workflow never prices or deci
 itself; it receives the result of the `price_quote` activity, which calls `price_quote` here.
 """
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from l2c.config import ApprovalMatrix, Catalog, Product
+from l2c.config import ApprovalMatrix, ApprovalRule, Catalog, Product
+from models.approvals import assignable
 from models.documents import (
     ApprovalRequirement,
     BillingPeriodPlan,
@@ -221,6 +223,53 @@ def approval_requirement(
     )
 
 
+def approval_requirements(
+    matrix: ApprovalMatrix, quote: Quote, submitted_by: str
+) -> list[ApprovalRequirement]:
+    """Every approval `quote` needs, one per role, lowest role first: its discount's and each
+    matching rule's. Refused when they cannot be given by different people (nobody fills two)."""
+    needed: dict[str, list[str]] = {}  # role -> why
+    discount = approval_requirement(matrix, quote.discount_percent, submitted_by)
+    if discount is not None:
+        needed[discount.required_role] = [f"discount {quote.discount_percent}%"]
+    for rule in matrix.rules:
+        why = _rule_applies(rule, quote)
+        if why is not None:
+            needed.setdefault(rule.role, []).append(f"{rule.name}: {why}")
+    requirements = [
+        ApprovalRequirement(
+            rule="; ".join(reasons),
+            required_role=role,
+            role_limit_percent=matrix.role_limit(role),
+            eligible_approvers=matrix.eligible(role, {submitted_by}),
+        )
+        for role, reasons in sorted(needed.items(), key=lambda item: matrix.rank(item[0]))
+    ]
+    for requirement in requirements:
+        if not requirement.eligible_approvers:
+            raise QuoteRefused(f"nobody but the submitter may approve as "
+                               f"{requirement.required_role} ({requirement.rule})")  # fmt: skip
+    if not assignable([r.eligible_approvers for r in requirements]):
+        roles = ", ".join(r.required_role for r in requirements)
+        raise QuoteRefused(
+            f"the approvals needed ({roles}) need {len(requirements)} different people, and "
+            "not enough are eligible (one person fills one approval)"
+        )
+    return requirements
+
+
+def _rule_applies(rule: ApprovalRule, quote: Quote) -> str | None:
+    """Why an approval rule applies to the quote, or None."""
+    floor = rule.min_tcv.get(quote.currency)
+    if floor is not None and quote.tcv >= floor:
+        return f"total contract value {quote.tcv} {quote.currency} >= {floor}"
+    if rule.min_term_months is not None and quote.term_months >= rule.min_term_months:
+        return f"a {quote.term_months}-month term"
+    if quote.billing_period in rule.billing_periods:
+        return f"billed {quote.billing_period}"
+    return None
+
+
 def _period_lengths(billing_period: BillingPeriod, term_months: int) -> list[int]:
     if billing_period == "upfront":
         return [term_months]
@@ -292,11 +341,9 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
             _price_line(catalog.by_sku[line.sku], line.quantity, request, term_discount)
             for line in submission.lines
         ]
-        approval = approval_requirement(
-            matrix, submission.discount_percent, submission.submitted_by
-        )
     except QuoteRefused as refusal:
         return QuotePricing(refusal=str(refusal))
+    priced_at = request.priced_at
     quote = Quote(
         version=request.version,
         price_book_version=catalog.version,
@@ -306,9 +353,20 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
         term_months=submission.term_months,
         billing_period=submission.billing_period,
         term_discount_percent=term_discount,
+        valid_until=None
+        if priced_at is None
+        else priced_at + timedelta(days=catalog.quote_valid_days),
         **_derived_from_lines(lines, submission.billing_period, submission.term_months),
     )
-    return QuotePricing(quote=quote, approval=approval)
+    try:
+        approvals = approval_requirements(matrix, quote, submission.submitted_by)
+    except QuoteRefused as refusal:
+        return QuotePricing(refusal=str(refusal))
+    if priced_at is not None:
+        due = matrix.escalation.due(priced_at)
+        approvals = [a.model_copy(update={"due_at": due}) for a in approvals]
+    return QuotePricing(quote=quote, approval=approvals[0] if approvals else None,
+                        approvals=approvals)  # fmt: skip
 
 
 def _derived_from_lines(

@@ -1,7 +1,7 @@
 """Deterministic calendar arithmetic shared by the workflow and activities."""
 
 import calendar
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -11,6 +11,25 @@ def add_months(moment: datetime, months: int) -> datetime:
     month = month_index % 12 + 1
     day = min(moment.day, calendar.monthrange(year, month)[1])
     return moment.replace(year=year, month=month, day=day)
+
+
+def add_business_hours(
+    moment: datetime, hours: float, day_start: time, day_end: time, workdays: frozenset[int]
+) -> datetime:
+    """`hours` of working time after `moment`, counting only `day_start`-`day_end` (UTC) on
+    `workdays` (ISO weekdays, 1 = Monday): 24 business hours from Friday 16:00 on 9-17 weekdays
+    end on Wednesday 16:00."""
+    left = timedelta(hours=hours)
+    at = moment
+    while True:
+        opens = at.replace(hour=day_start.hour, minute=day_start.minute, second=0, microsecond=0)
+        closes = at.replace(hour=day_end.hour, minute=day_end.minute, second=0, microsecond=0)
+        if at.isoweekday() in workdays and at < closes:
+            at = max(at, opens)
+            if at + left <= closes:
+                return at + left
+            left -= closes - at
+        at = (at + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def months_after(start: datetime, months: int, month_seconds: int = 0) -> datetime:

@@ -88,6 +88,8 @@ class Quote(BaseModel):
     billing_plan: list[BillingPeriodPlan]
     # The standard discount the term earned (before the rep's `discount_percent`).
     term_discount_percent: Decimal = Decimal(0)
+    valid_until: datetime | None = None  # not signed by then: the quote expires
+    document_sha256: str | None = None  # the customer-facing quote document in the ledger
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -108,9 +110,11 @@ class Quote(BaseModel):
 
 
 class ApprovalRequirement(BaseModel):
-    required_role: str  # the lowest role whose limit covers the discount
+    required_role: str  # the lowest role whose limit covers the discount, or a rule's role
     role_limit_percent: Decimal
     eligible_approvers: list[str]  # everybody with enough authority, the submitter excluded
+    rule: str = "discount"  # why it is needed
+    due_at: datetime | None = None  # not given by then: escalated to the next role up
 
 
 class QuoteRequest(BaseModel):
@@ -122,14 +126,31 @@ class QuoteRequest(BaseModel):
     # The price book the deal's first quote was priced on; later quotes use it too. None: the
     # current one.
     price_book_version: str | None = None
+    priced_at: datetime | None = None  # approvals are due, and the quote expires, from here
+    customer: str = ""  # the company, named on the quote document
 
 
 class QuotePricing(BaseModel):
     """Either a priced quote (with the approval it needs, if any) or the reason it was refused."""
 
     quote: Quote | None = None
-    approval: ApprovalRequirement | None = None
+    approval: ApprovalRequirement | None = None  # the first of `approvals`
+    approvals: list[ApprovalRequirement] = []  # every approval needed, asked for in parallel
     refusal: str | None = None
+
+
+class EscalationRequest(BaseModel):
+    """An approval past its SLA: to the next role up, its approvers reminded."""
+
+    deal_id: str
+    lead: LeadInput
+    quote_version: int
+    submitted_by: str
+    rule: str  # the approval's: why it is needed
+    role: str  # who may give it now
+    taken: list[str]  # who filled the quote's other approvals: nobody fills two
+    escalated_at: datetime
+    escalation: int  # 1 for the first escalation of this approval
 
 
 class ContractRequest(BaseModel):

@@ -112,6 +112,8 @@ class QuoteRecord(SQLModel, table=True):
     list_total: Decimal = money()
     net_total: Decimal = money()
     created_at: datetime = utc_timestamp(nullable=False)
+    document_sha256: str = Field(default="", max_length=64)  # of `html`, the quote as sent
+    html: str = ""
 
 
 class QuoteLineRecord(SQLModel, table=True):

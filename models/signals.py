@@ -39,11 +39,17 @@ class SubmitQuote(_Payload):
 class ApproveDiscount(_Payload):
     approver: Name
     comment: Text = ""
+    # Optional: the role the approver acts in when several approvals are needed (default: the
+    # highest still needed that they may give), and the quote version they looked at (an
+    # approval of a superseded version is refused).
+    role: Name | None = None
+    quote_version: int | None = Field(default=None, ge=1)
 
 
 class RejectDiscount(_Payload):
     approver: Name
     reason: Reason
+    quote_version: int | None = Field(default=None, ge=1)
 
 
 class CardOnFile(_Payload):

@@ -20,12 +20,23 @@ class DealEvent(BaseModel):
     detail: str
 
 
+class RequiredApproval(BaseModel):
+    rule: str  # why it is needed: "discount", "large deal", ...
+    role: str  # this role or a higher one approves
+    eligible_approvers: list[str]
+    approved_by: str | None = None
+    due_at: datetime | None = None  # not given by then: escalated
+    escalations: int = 0
+
+
 class PendingApproval(BaseModel):
     quote_version: int
     discount_percent: Decimal
     submitted_by: str
+    # The first approval still needed (all of them: `requirements`).
     required_role: str
     eligible_approvers: list[str]
+    requirements: list[RequiredApproval] = []
 
 
 class ContractView(BaseModel):

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.payments import PaymentActivities
     from activities.quotes import QuoteActivities
     from activities.revenue import RevenueActivities
+    from models.approvals import assignable
     from models.cash import allocate, late_fee, settled_status
     from models.deal import WORKFLOW_TYPE, ActivityTiming, DealPolicy, LeadInput, Stage
     from models.documents import (
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         DunningNotice,
         EarlyPaymentTerms,
         EntitlementChange,
+        EscalationRequest,
         InvoiceFinalization,
         InvoiceRequest,
         IssuedInvoice,
@@ -86,6 +88,7 @@ with workflow.unsafe.imports_passed_through():
         InvoiceView,
         PendingApproval,
         PendingProration,
+        RequiredApproval,
     )
     from models.validation import explain
 
@@ -123,6 +126,10 @@ CHARGE_GIVE_UP = timedelta(hours=6)
 
 # Version marker (workflow.patched): metered usage is billed in arrears at each month boundary.
 USAGE_IN_ARREARS = "usage-billed-in-arrears"
+
+# Version marker: several approvals in parallel with SLAs and escalation, quotes that expire, and
+# re-quotes that supersede a quote awaiting approval or signature.
+APPROVAL_MATRIX = "approval-matrix"
 
 # Version marker: payments spread over open invoices, overpayments held as customer credit.
 CASH_APPLICATION = "cash-application"
@@ -179,6 +186,7 @@ class DealWorkflow:
         self._decline: DeclineContract | None = None
         self._lost: MarkLost | None = None
         self._quote_versions = self._resume.quote_versions if self._resume else 0
+        self._approval_matrix = False  # see agree_quote_and_contract
         self._written_off = False
         self._billing_step_running = False
         self._month_end_due: datetime | None = None  # the month end the billing loop waits for
@@ -274,24 +282,27 @@ class DealWorkflow:
         self._record("qualified", "scoring", f"score {self.deal.score} >= {policy.qualify_at}")
 
     async def agree_quote_and_contract(self) -> Quote:
-        """Quote, approval and signature, back to `qualified` whenever one of them says no."""
+        """Quote, approvals and signature, back to `qualified` whenever one of them says no, the
+        quote expires, or a new quote supersedes it."""
+        # Deals recorded before approvals ran in parallel with SLAs replay as they ran.
+        self._approval_matrix = workflow.patched(APPROVAL_MATRIX)
         while True:
             self._set_stage(Stage.QUALIFIED)
             await self._wait_for(lambda: self._quote_submission is not None)
             submission = self._quote_submission
             assert submission is not None
-            quote, approval = await self.price_quote(submission)
+            quote, approvals = await self.price_quote(submission)
             self._quote_submission = None  # only now may the next quote be submitted
             if quote is None:
                 continue
-            if approval is not None and not await self.get_discount_approved(quote, approval):
+            if approvals and not await self.get_discount_approved(quote, approvals):
                 continue
             if await self.get_contract_signed(quote):
                 return quote
 
     async def price_quote(
         self, submission: SubmitQuote
-    ) -> tuple[Quote | None, ApprovalRequirement | None]:
+    ) -> tuple[Quote | None, list[ApprovalRequirement]]:
         self._quote_versions += 1
         request = QuoteRequest(
             deal_id=self.deal_id,
@@ -301,11 +312,13 @@ class DealWorkflow:
             country=self.deal.lead.country,
             # A deal's quotes are all priced on the price book of its first one.
             price_book_version=self.deal.quote.price_book_version if self.deal.quote else None,
+            priced_at=workflow.now(),
+            customer=self.deal.lead.company,
         )
         pricing = await self._call(QuoteActivities.price_quote, request, "price quote")
         if pricing.quote is None:
             self._refuse("submit_quote", submission.submitted_by, pricing.refusal or "refused")
-            return None, None
+            return None, []
         quote = pricing.quote
         self.deal.quote = quote
         workflow.upsert_search_attributes([DEAL_AMOUNT.value_set(float(quote.net_total))])
@@ -315,21 +328,112 @@ class DealWorkflow:
             f"quote v{quote.version}: list {quote.list_total}, net {quote.net_total} "
             f"{quote.currency} at {quote.discount_percent}% over {quote.term_months} months",
         )
-        return quote, pricing.approval
+        # Pricing recorded before approvals came as a list named just the one.
+        return quote, pricing.approvals or ([pricing.approval] if pricing.approval else [])
 
-    async def get_discount_approved(self, quote: Quote, approval: ApprovalRequirement) -> bool:
+    async def get_discount_approved(
+        self, quote: Quote, approvals: list[ApprovalRequirement]
+    ) -> bool:
+        """Every required approval, given in parallel by different people; a rejection, expiry
+        or a new quote ends the wait. An approval not given in its SLA is escalated."""
         self.deal.pending_approval = PendingApproval(
             quote_version=quote.version,
             discount_percent=quote.discount_percent,
             submitted_by=quote.submitted_by,
-            required_role=approval.required_role,
-            eligible_approvers=approval.eligible_approvers,
+            required_role=approvals[0].required_role,
+            eligible_approvers=approvals[0].eligible_approvers,
+            requirements=[
+                RequiredApproval(
+                    rule=a.rule,
+                    role=a.required_role,
+                    eligible_approvers=a.eligible_approvers,
+                    due_at=a.due_at if self._approval_matrix else None,
+                )
+                for a in approvals
+            ],
         )
         self._set_stage(Stage.AWAITING_APPROVAL)
-        await self._wait_for(lambda: self._approval is not None)
+        if self._approval_matrix:
+            await self._await_approvals(quote)
+        else:
+            await self._wait_for(lambda: self._approval is not None)
         decision, self._approval = self._approval, None
         self.deal.pending_approval = None
         return isinstance(decision, ApproveDiscount)
+
+    async def _await_approvals(self, quote: Quote) -> None:
+        pending = self.deal.pending_approval
+        assert pending is not None
+        while self._approval is None:
+            still = [r for r in pending.requirements if r.approved_by is None]
+            deadlines = [r.due_at for r in still if r.due_at is not None]
+            if quote.valid_until is not None:
+                deadlines.append(quote.valid_until)
+
+            def decided() -> bool:
+                return self._approval is not None or self._quote_submission is not None
+
+            if deadlines:
+                await self._wait_until(min(deadlines), decided, "approval SLA or quote expiry")
+            else:
+                await self._wait_for(decided)
+            if self._approval is not None or self._quote_ended(quote):
+                return
+            for requirement in still:
+                due = requirement.due_at
+                if requirement.approved_by is None and due is not None and due <= workflow.now():
+                    await self._escalate(quote, requirement)
+
+    async def _escalate(self, quote: Quote, requirement: RequiredApproval) -> None:
+        pending = self.deal.pending_approval
+        assert pending is not None
+        escalated: ApprovalRequirement = await self._call(
+            QuoteActivities.escalate_approval,
+            EscalationRequest(
+                deal_id=self.deal_id,
+                lead=self.deal.lead,
+                quote_version=quote.version,
+                submitted_by=quote.submitted_by,
+                rule=requirement.rule,
+                role=requirement.role,
+                taken=[r.approved_by for r in pending.requirements if r.approved_by],
+                escalated_at=workflow.now(),
+                escalation=requirement.escalations + 1,
+            ),
+            f"escalate approval ({requirement.rule})",
+        )
+        if requirement.approved_by is not None or self.deal.pending_approval is not pending:
+            return  # given (or the quote ended) while the reminders went out
+        requirement.escalations += 1
+        requirement.role = escalated.required_role
+        requirement.eligible_approvers = escalated.eligible_approvers
+        requirement.due_at = escalated.due_at
+        self._sync_pending_approval()
+        self._record("approval_escalated", "system",
+                     f"{requirement.rule}: now {requirement.role} "
+                     f"({', '.join(requirement.eligible_approvers)}), due {requirement.due_at}")  # fmt: skip
+
+    def _quote_ended(self, quote: Quote) -> bool:
+        """Whether a new quote superseded `quote`, or it expired; recorded once, when found."""
+        if self._quote_submission is not None:
+            self._record("quote_superseded", self._quote_submission.submitted_by,
+                         f"quote v{quote.version} superseded by a new submission")  # fmt: skip
+            return True
+        if quote.valid_until is not None and workflow.now() >= quote.valid_until:
+            self._record("quote_expired", "system",
+                         f"quote v{quote.version} not signed by {quote.valid_until}")  # fmt: skip
+            return True
+        return False
+
+    def _sync_pending_approval(self) -> None:
+        """`required_role` and `eligible_approvers` name the first approval still needed."""
+        pending = self.deal.pending_approval
+        if pending is None:
+            return
+        first = next((r for r in pending.requirements if r.approved_by is None), None)
+        if first is not None:
+            pending.required_role = first.role
+            pending.eligible_approvers = first.eligible_approvers
 
     async def get_contract_signed(self, quote: Quote) -> bool:
         document = await self._call(
@@ -353,7 +457,25 @@ class DealWorkflow:
             "contract_sent", "system", f"{document.contract_id} sha256 {document.document_sha256}"
         )
         self._set_stage(Stage.AWAITING_SIGNATURE)
-        await self._wait_for(lambda: self._signature is not None or self._decline is not None)
+
+        def answered() -> bool:
+            return self._signature is not None or self._decline is not None
+
+        if not self._approval_matrix:
+            await self._wait_for(answered)
+        else:
+            while not answered():
+
+                def ended() -> bool:
+                    return answered() or self._quote_submission is not None
+
+                if quote.valid_until is not None:
+                    await self._wait_until(quote.valid_until, ended, "quote expiry")
+                else:
+                    await self._wait_for(ended)
+                if not answered() and self._quote_ended(quote):
+                    self.deal.contract = None
+                    return False
         if self._decline is not None:
             self._decline = None
             self.deal.contract = None
@@ -996,7 +1118,12 @@ class DealWorkflow:
         '"discount_percent": "15", "term_months": 12, "billing_period": "monthly"}'
     )
     def submit_quote(self, payload: RawValue = NO_PAYLOAD) -> None:
-        quote = self._accept("submit_quote", payload, SubmitQuote, (Stage.QUALIFIED,))
+        # A new quote supersedes one awaiting approval or signature (deals that started before
+        # this was possible keep refusing it there).
+        stages: tuple[Stage, ...] = (Stage.QUALIFIED,)
+        if self._approval_matrix:
+            stages = (Stage.QUALIFIED, Stage.AWAITING_APPROVAL, Stage.AWAITING_SIGNATURE)
+        quote = self._accept("submit_quote", payload, SubmitQuote, stages)
         if quote is None:
             return
         if self._quote_submission is not None:
@@ -1004,11 +1131,17 @@ class DealWorkflow:
                 "submit_quote", quote.submitted_by, "another quote is already being priced"
             )
             return
+        if self._signature is not None:
+            self._refuse("submit_quote", quote.submitted_by, "the contract is already signed")
+            return
         self._quote_submission = quote
+        superseding = ""
+        if self.deal.stage != Stage.QUALIFIED and self.deal.quote is not None:
+            superseding = f"; supersedes quote v{self.deal.quote.version}"
         self._record(
             "quote_submitted",
             quote.submitted_by,
-            f"{len(quote.lines)} line(s), {quote.discount_percent}% discount",
+            f"{len(quote.lines)} line(s), {quote.discount_percent}% discount{superseding}",
         )
 
     @workflow.signal(
@@ -1019,9 +1152,22 @@ class DealWorkflow:
         approval = self._accept(
             "approve_discount", payload, ApproveDiscount, (Stage.AWAITING_APPROVAL,)
         )
-        if approval is not None and self._may_decide("approve_discount", approval.approver):
+        if approval is None:
+            return
+        requirement = self._may_decide("approve_discount", approval.approver,
+                                       approval.quote_version, approval.role)  # fmt: skip
+        pending = self.deal.pending_approval
+        if requirement is None or pending is None:
+            return
+        requirement.approved_by = approval.approver
+        detail = approval.comment or "approved"
+        if len(pending.requirements) > 1:
+            detail = f"as {requirement.role} ({requirement.rule}): {detail}"
+        self._record("discount_approved", approval.approver, detail)
+        if all(r.approved_by is not None for r in pending.requirements):
             self._approval = approval
-            self._record("discount_approved", approval.approver, approval.comment or "approved")
+        else:
+            self._sync_pending_approval()
 
     @workflow.signal(
         description="Reject the pending discount; the deal returns to qualified. "
@@ -1031,7 +1177,9 @@ class DealWorkflow:
         rejection = self._accept(
             "reject_discount", payload, RejectDiscount, (Stage.AWAITING_APPROVAL,)
         )
-        if rejection is not None and self._may_decide("reject_discount", rejection.approver):
+        if rejection is not None and self._may_decide(
+            "reject_discount", rejection.approver, rejection.quote_version, None
+        ):
             self._approval = rejection
             self._record("discount_rejected", rejection.approver, rejection.reason)
 
@@ -1673,23 +1821,54 @@ class DealWorkflow:
         assert self.deal.policy is not None
         return self.deal.policy
 
-    def _may_decide(self, signal: str, approver: str) -> bool:
+    def _may_decide(
+        self, signal: str, approver: str, quote_version: int | None, role: str | None
+    ) -> RequiredApproval | None:
+        """The required approval `approver` may decide on now, or None (refused, with why). An
+        approval fills one requirement, and only one that leaves the others to other people."""
         pending = self.deal.pending_approval
         if self._approval is not None or pending is None:
             self._refuse(signal, approver, "the discount was already decided")
-            return False
+            return None
+        if quote_version is not None and quote_version != pending.quote_version:
+            self._refuse(signal, approver,
+                         f"quote v{quote_version} is not the one awaiting approval "
+                         f"(v{pending.quote_version}): a decision on it does not count")  # fmt: skip
+            return None
         if approver == pending.submitted_by:
             self._refuse(signal, approver, "nobody may decide on their own quote")
-            return False
-        if approver not in pending.eligible_approvers:
-            self._refuse(
-                signal,
-                approver,
-                f"{approver} has no authority for a {pending.discount_percent}% discount "
-                f"(needs {pending.required_role} or above: {', '.join(pending.eligible_approvers)})",
-            )
-            return False
-        return True
+            return None
+        filled = next((r for r in pending.requirements if r.approved_by == approver), None)
+        if filled is not None:
+            self._refuse(signal, approver, f"{approver} already approved as {filled.role} "
+                                           "(one person gives one of the approvals)")  # fmt: skip
+            return None
+        still = [r for r in pending.requirements if r.approved_by is None]
+        candidates = [r for r in still if approver in r.eligible_approvers
+                      and (role is None or r.role == role)]  # fmt: skip
+        if not candidates:
+            if len(pending.requirements) == 1:
+                reason = (f"{approver} has no authority for a {pending.discount_percent}% discount "
+                          f"(needs {pending.required_role} or above: "
+                          f"{', '.join(pending.eligible_approvers)})")  # fmt: skip
+            else:
+                needs = "; ".join(f"{r.role} for {r.rule}: {', '.join(r.eligible_approvers)}"
+                                  for r in still)  # fmt: skip
+                reason = f"{approver} may not give {'that' if role else 'any'} approval still needed ({needs})"
+            self._refuse(signal, approver, reason)
+            return None
+        if signal == "reject_discount":
+            return candidates[0]
+        taken = frozenset(
+            {approver, *(r.approved_by for r in pending.requirements if r.approved_by)}
+        )
+        for requirement in reversed(candidates):  # the highest role still needed first
+            others = [r.eligible_approvers for r in still if r is not requirement]
+            if assignable(others, taken):
+                return requirement
+        self._refuse(signal, approver, f"{approver} approving would leave an approval with "
+                                       "nobody else eligible (one person gives one of them)")  # fmt: skip
+        return None
 
     def _accept(
         self, signal: str, payload: RawValue, model: type[P], stages: tuple[Stage, ...]

@@ -1,0 +1,137 @@
+"""The quote stage as a CPQ: several approvals in parallel with segregation of duties, escalation
+after the SLA, quotes that expire, and re-quotes that supersede."""
+
+from datetime import timedelta
+
+from temporalio.testing import WorkflowEnvironment
+
+from l2c.config import Settings
+from l2c.mailcatcher import MailCatcher
+from models.deal import Stage
+from tests.helpers import (
+    advance_until,
+    refusals,
+    refused_after,
+    sign,
+    signal,
+    start,
+    wait_for_stage,
+    wait_until,
+)
+
+LARGE = {"submitted_by": "nora.na", "discount_percent": "15", "term_months": 12,
+         "lines": [{"sku": "PLATFORM", "quantity": 200}]}  # fmt: skip  # TCV 102,000.00 USD
+
+
+async def test_a_large_discounted_deal_needs_two_approvals_from_two_people(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    await signal(handle, "submit_quote", LARGE)
+    state = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    pending = state.pending_approval
+    assert pending is not None
+    assert [(r.role, r.rule) for r in pending.requirements] == [
+        ("manager", "discount 15%"),
+        ("cfo", "large deal: total contract value 102000.00 USD >= 100000")]  # fmt: skip
+    assert pending.requirements[1].eligible_approvers == ["carla.cfo"]
+    assert all(r.due_at is not None for r in pending.requirements)  # the SLA
+
+    # The CFO may give either approval, but giving the manager's would leave the large-deal
+    # approval with nobody else: refused. Without a role, she gives the highest one she can.
+    reason = await refused_after(handle, "approve_discount",
+                                 {"approver": "carla.cfo", "role": "manager"})  # fmt: skip
+    assert "would leave an approval with nobody else eligible" in reason
+    assert "own quote" in await refused_after(handle, "approve_discount", {"approver": "nora.na"})
+    assert "not the one awaiting approval" in await refused_after(
+        handle, "approve_discount", {"approver": "mia.manager", "quote_version": 7})  # fmt: skip
+    await signal(handle, "approve_discount", {"approver": "carla.cfo", "comment": "fine"})
+    state = await wait_until(handle, lambda s: s.pending_approval is not None
+                             and s.pending_approval.requirements[1].approved_by == "carla.cfo")  # fmt: skip
+    assert state.stage == Stage.AWAITING_APPROVAL  # one approval is still needed
+    assert state.pending_approval is not None
+    assert state.pending_approval.required_role == "manager"
+    assert "already approved as cfo" in await refused_after(
+        handle, "approve_discount", {"approver": "carla.cfo"})  # fmt: skip
+    await signal(handle, "approve_discount", {"approver": "mia.manager"})
+    state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    approvals = [e.detail for e in state.events if e.kind == "discount_approved"]
+    assert approvals == ["as cfo (large deal: total contract value 102000.00 USD >= 100000): fine",
+                         "as manager (discount 15%): approved"]  # fmt: skip
+
+
+async def test_an_approval_not_given_in_its_sla_is_escalated_with_a_reminder(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, mailbox: MailCatcher
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    await signal(handle, "submit_quote", {**LARGE, "lines": [{"sku": "PLATFORM", "quantity": 10}]})
+    state = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    assert state.pending_approval is not None
+    due = state.pending_approval.requirements[0].due_at
+    assert due is not None and due.weekday() < 5 and 9 <= due.hour <= 17  # business hours
+    state = await advance_until(ts_env, handle, lambda s: s.pending_approval is not None
+                                and s.pending_approval.required_role == "vp_sales",
+                                step=timedelta(hours=12))  # fmt: skip
+    assert state.pending_approval is not None
+    assert state.pending_approval.eligible_approvers == ["victor.vp", "carla.cfo"]
+    assert [e.kind for e in state.events].count("approval_escalated") == 1
+    reminders = [m for m in mailbox.messages if m["Subject"].startswith("Approval overdue")]
+    assert sorted(m["To"] for m in reminders) == ["carla.cfo@seller.example",
+                                                  "victor.vp@seller.example"]  # fmt: skip
+    assert "no authority" in await refused_after(
+        handle, "approve_discount", {"approver": "mia.manager"})  # fmt: skip
+    await signal(handle, "approve_discount", {"approver": "victor.vp"})
+    await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+
+
+async def test_a_quote_not_signed_in_time_expires_back_to_qualified(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    await signal(handle, "submit_quote", {**LARGE, "discount_percent": "0",
+                                          "lines": [{"sku": "PLATFORM", "quantity": 10}]})  # fmt: skip
+    state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    assert state.quote is not None and state.quote.valid_until is not None
+    valid_until = state.quote.valid_until
+    state = await advance_until(ts_env, handle, lambda s: s.stage == Stage.QUALIFIED)
+    assert state.contract is None
+    expired = next(e for e in state.events if e.kind == "quote_expired")
+    assert expired.at >= valid_until and "quote v1 not signed by" in expired.detail
+
+
+async def test_a_new_quote_supersedes_one_awaiting_approval_or_signature(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    small = [{"sku": "PLATFORM", "quantity": 10}]
+    await signal(handle, "submit_quote", {**LARGE, "lines": small, "discount_percent": "15"})
+    await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    # v2 supersedes v1 while it waits for approval: approvals of v1 no longer count.
+    await signal(handle, "submit_quote", {**LARGE, "lines": small, "discount_percent": "20"})
+    state = await wait_until(handle, lambda s: s.quote is not None and s.quote.version == 2
+                             and s.stage == Stage.AWAITING_APPROVAL)  # fmt: skip
+    assert "quote v1 superseded by a new submission" in [
+        e.detail for e in state.events if e.kind == "quote_superseded"]  # fmt: skip
+    assert "not the one awaiting approval (v2)" in await refused_after(
+        handle, "approve_discount", {"approver": "mia.manager", "quote_version": 1})  # fmt: skip
+    await signal(handle, "approve_discount", {"approver": "mia.manager", "quote_version": 2})
+    state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    first_contract = state.contract
+    assert first_contract is not None
+    # v3 supersedes v2 while it waits for signature: v2's contract can no longer be signed.
+    await signal(handle, "submit_quote", {**LARGE, "lines": small, "discount_percent": "0"})
+    state = await wait_until(handle, lambda s: s.quote is not None and s.quote.version == 3
+                             and s.stage == Stage.AWAITING_SIGNATURE)  # fmt: skip
+    assert state.contract is not None
+    assert state.contract.document_sha256 != first_contract.document_sha256
+    await sign(handle, state.model_copy(update={"contract": first_contract}))
+    state = await wait_until(handle, lambda s: len(refusals(s, "sign_contract")) == 1)
+    assert "does not match contract" in refusals(state, "sign_contract")[0]
+    await sign(handle, state)
+    state = await wait_for_stage(handle, Stage.ACTIVE)
+    assert state.quote is not None and state.quote.version == 3
+    assert state.quote.document_sha256 is not None
