@@ -94,28 +94,32 @@ class QuoteActivities:
 
     @activity.defn
     def escalate_approval(self, request: EscalationRequest) -> ApprovalRequirement:
-        """An approval past its SLA moves to the next role up (at the top it stays), due again one
-        SLA later; everybody who may now give it is reminded by e-mail, once per escalation."""
+        """An approval past its SLA is escalated: the next role up (from the one asked last) is
+        asked to give it and its approvers are reminded by e-mail, once per escalation; at the
+        top role its approvers are reminded again. Who may give it does not change: a higher
+        role always could. Due again one SLA later."""
         matrix = self._rules.approvals
         excluded = {request.submitted_by, *request.taken}
-        rank = min(matrix.rank(request.role) + 1, len(matrix.roles) - 1)
-        role = matrix.roles[rank].name
-        if not matrix.eligible(role, excluded):
-            role = request.role  # nobody free above: it stays where it is
+        asked = matrix.rank(request.escalated_to or request.role)
+        # The next role up with somebody free to act; at the top, the top role again.
+        candidates = [r.name for r in matrix.roles[asked + 1 :]] or [matrix.roles[-1].name]
+        role = next((r for r in candidates if self._free_in(r, excluded)), candidates[-1])
         escalated = ApprovalRequirement(
             rule=request.rule,
-            required_role=role,
-            role_limit_percent=matrix.role_limit(role),
-            eligible_approvers=matrix.eligible(role, excluded),
+            required_role=request.role,
+            role_limit_percent=matrix.role_limit(request.role),
+            eligible_approvers=matrix.eligible(request.role, excluded),
             due_at=matrix.escalation.due(request.escalated_at),
+            escalated_to=role,
+            notified=self._free_in(role, excluded),
         )
         if self._mailer is not None:
             emails = {a.name: a.email for a in matrix.approvers}
-            for approver in escalated.eligible_approvers:
+            for approver in escalated.notified:
                 subject, body = render_email(
                     "approval_reminder.txt", lead=request.lead, approver=approver,
                     quote_version=request.quote_version, submitted_by=request.submitted_by,
-                    requirement=escalated, escalated=role != request.role,
+                    requirement=escalated, escalated=role != request.escalated_to,
                     deal_id=request.deal_id)  # fmt: skip
                 self._mailer.send_once(
                     key=f"{request.deal_id}:approval:{request.quote_version}:"
@@ -126,6 +130,11 @@ class QuoteActivities:
                     body=body,
                 )
         return escalated
+
+    def _free_in(self, role: str, excluded: set[str]) -> list[str]:
+        """The approvers holding exactly `role`, but nobody in `excluded`."""
+        return [a.name for a in self._rules.approvals.approvers
+                if a.role == role and a.name not in excluded]  # fmt: skip
 
     @activity.defn
     def render_contract(self, request: ContractRequest) -> ContractDocument:

@@ -115,6 +115,8 @@ class ApprovalRequirement(BaseModel):
     eligible_approvers: list[str]  # everybody with enough authority, the submitter excluded
     rule: str = "discount"  # why it is needed
     due_at: datetime | None = None  # not given by then: escalated to the next role up
+    escalated_to: str | None = None  # the role now asked (and reminded) to give it
+    notified: list[str] = []  # who was reminded at the last escalation
 
 
 class QuoteRequest(BaseModel):
@@ -147,7 +149,8 @@ class EscalationRequest(BaseModel):
     quote_version: int
     submitted_by: str
     rule: str  # the approval's: why it is needed
-    role: str  # who may give it now
+    role: str  # the lowest role that may give it
+    escalated_to: str | None  # the role asked at the last escalation, if any
     taken: list[str]  # who filled the quote's other approvals: nobody fills two
     escalated_at: datetime
     escalation: int  # 1 for the first escalation of this approval

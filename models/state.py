@@ -27,6 +27,7 @@ class RequiredApproval(BaseModel):
     approved_by: str | None = None
     due_at: datetime | None = None  # not given by then: escalated
     escalations: int = 0
+    escalated_to: str | None = None  # the role asked (and reminded) since the last escalation
 
 
 class PendingApproval(BaseModel):

@@ -19,7 +19,7 @@ from l2c.pricing import (
     tiered_price,
     usage_tiers,
 )
-from models.documents import QuoteRequest
+from models.documents import QuotePricing, QuoteRequest
 from models.money import ZERO, to_cents
 from models.signals import SubmitQuote
 
@@ -204,3 +204,36 @@ def test_a_deal_prices_on_the_price_book_it_was_first_quoted_on(
     assert old.price_book_version == rules.catalog.version
     new = price_quote(newer, rules.approvals, quote_request()).quote
     assert new is not None and new.lines[0].monthly_list == Decimal("550.00")
+
+
+def test_the_readme_worked_example(rules: BusinessRules) -> None:
+    """The figures of the README's worked example (Initech, GBP, 4 years)."""
+    lines = [{"sku": "PLATFORM", "quantity": 150}, {"sku": "ONBOARDING", "quantity": 1},
+             {"sku": "PREMIUM_SUPPORT", "quantity": 1}]  # fmt: skip
+
+    def priced(discount: str) -> QuotePricing:
+        request = quote_request("GBP", "GB", lines=lines, discount_percent=discount,
+                                term_months=48, billing_period="annual",
+                                submitted_by="emil.emea")  # fmt: skip
+        return price_quote(rules.catalog, rules.approvals, request)
+
+    assert priced("25").refusal == (
+        "PREMIUM_SUPPORT: net 456.00 GBP per account / month is below its floor of 480.00 "
+        "(rule: floor price; a lower price cannot be approved)")  # fmt: skip
+    pricing = priced("20")
+    quote = pricing.quote
+    assert quote is not None
+    assert [[str(s.amount) for s in line.waterfall] for line in quote.lines] == [
+        ["6000.00", "-300.00", "-1140.00", "4560.00"],
+        ["2000.00", "-100.00", "-380.00", "1520.00"],
+        ["640.00", "-32.00", "-121.60", "486.40"]]  # fmt: skip
+    assert [line.net_amount for line in quote.lines] == [
+        Decimal("218880.00"), Decimal("1520.00"), Decimal("23347.20")]  # fmt: skip
+    assert (quote.list_total, quote.tcv, quote.acv) == (
+        Decimal("320720.00"), Decimal("243747.20"), Decimal("60556.80"))  # fmt: skip
+    assert [p.amount for p in quote.billing_plan] == [Decimal("62076.80")] + [
+        Decimal("60556.80")] * 3  # fmt: skip
+    assert [(a.required_role, a.rule, a.eligible_approvers) for a in pricing.approvals] == [
+        ("manager", "discount 20%", ["mia.manager", "victor.vp", "carla.cfo"]),
+        ("vp_sales", "non-standard term: a 48-month term", ["victor.vp", "carla.cfo"]),
+        ("cfo", "large deal: total contract value 243747.20 GBP >= 80000", ["carla.cfo"])]  # fmt: skip

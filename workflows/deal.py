@@ -187,6 +187,8 @@ class DealWorkflow:
         self._lost: MarkLost | None = None
         self._quote_versions = self._resume.quote_versions if self._resume else 0
         self._approval_matrix = False  # see agree_quote_and_contract
+        self._validating: list[str] | None = None  # refusals of an update's validator
+        self._priced: dict[int, str | None] = {}  # quote version -> its pricing refusal, if any
         self._written_off = False
         self._billing_step_running = False
         self._month_end_due: datetime | None = None  # the month end the billing loop waits for
@@ -316,6 +318,7 @@ class DealWorkflow:
             customer=self.deal.lead.company,
         )
         pricing = await self._call(QuoteActivities.price_quote, request, "price quote")
+        self._priced[request.version] = pricing.refusal if pricing.quote is None else None
         if pricing.quote is None:
             self._refuse("submit_quote", submission.submitted_by, pricing.refusal or "refused")
             return None, []
@@ -396,6 +399,7 @@ class DealWorkflow:
                 submitted_by=quote.submitted_by,
                 rule=requirement.rule,
                 role=requirement.role,
+                escalated_to=requirement.escalated_to,
                 taken=[r.approved_by for r in pending.requirements if r.approved_by],
                 escalated_at=workflow.now(),
                 escalation=requirement.escalations + 1,
@@ -405,13 +409,11 @@ class DealWorkflow:
         if requirement.approved_by is not None or self.deal.pending_approval is not pending:
             return  # given (or the quote ended) while the reminders went out
         requirement.escalations += 1
-        requirement.role = escalated.required_role
-        requirement.eligible_approvers = escalated.eligible_approvers
+        requirement.escalated_to = escalated.escalated_to
         requirement.due_at = escalated.due_at
-        self._sync_pending_approval()
         self._record("approval_escalated", "system",
-                     f"{requirement.rule}: now {requirement.role} "
-                     f"({', '.join(requirement.eligible_approvers)}), due {requirement.due_at}")  # fmt: skip
+                     f"{requirement.rule}: escalated to {escalated.escalated_to} (reminded: "
+                     f"{', '.join(escalated.notified) or 'nobody free'}), due {requirement.due_at}")  # fmt: skip
 
     def _quote_ended(self, quote: Quote) -> bool:
         """Whether a new quote superseded `quote`, or it expired; recorded once, when found."""
@@ -1112,12 +1114,48 @@ class DealWorkflow:
 
     # ------------------------------------------------------------------ signals
 
+    # The quote stage's human actions are signals (fire and forget; a refusal is recorded in
+    # `events`) and, under the same names, updates (Web UI "Send an Update", `temporal workflow
+    # update execute`): their validators run the same checks and reject at once with the reason,
+    # recording nothing; an accepted update does what the signal does and says what it did.
+
     @workflow.signal(
-        description="Submit a quote for pricing. Stage qualified. "
+        description="Submit a quote for pricing. Stage qualified, or awaiting approval or "
+        "signature to supersede the quote there. "
         '{"submitted_by": "sam.rep", "lines": [{"sku": "PLATFORM", "quantity": 25}], '
         '"discount_percent": "15", "term_months": 12, "billing_period": "monthly"}'
     )
     def submit_quote(self, payload: RawValue = NO_PAYLOAD) -> None:
+        quote = self._check_quote_submission(payload)
+        if quote is not None:
+            self._take_quote_submission(quote)
+
+    @workflow.update(
+        name="submit_quote",
+        description="As the submit_quote signal, validated; answers once the quote is priced "
+        "(its net and what it waits for) or fails with the pricing refusal.",
+    )
+    async def submit_quote_update(self, payload: RawValue = NO_PAYLOAD) -> str:
+        self._take_quote_submission(_checked(self._check_quote_submission(payload)))
+        version = self._quote_versions + 1  # the one pending submission is priced next
+        await workflow.wait_condition(lambda: version in self._priced)
+        refusal = self._priced[version]
+        if refusal is not None:
+            raise ApplicationError(f"quote v{version} refused: {refusal}", non_retryable=True)
+        quote = self.deal.quote
+        assert quote is not None
+        pending = self.deal.pending_approval
+        waits = (f"awaiting approval: {', '.join(r.role for r in pending.requirements)}"
+                 if pending is not None and pending.quote_version == version
+                 else "sent for signature")  # fmt: skip
+        return (f"quote v{version} priced: net {quote.net_total} {quote.currency} over "
+                f"{quote.term_months} months; {waits}")  # fmt: skip
+
+    @submit_quote_update.validator
+    def _validate_quote_submission(self, payload: RawValue = NO_PAYLOAD) -> None:
+        self._validate(self._check_quote_submission, payload)
+
+    def _check_quote_submission(self, payload: RawValue) -> SubmitQuote | None:
         # A new quote supersedes one awaiting approval or signature (deals that started before
         # this was possible keep refusing it there).
         stages: tuple[Stage, ...] = (Stage.QUALIFIED,)
@@ -1125,15 +1163,18 @@ class DealWorkflow:
             stages = (Stage.QUALIFIED, Stage.AWAITING_APPROVAL, Stage.AWAITING_SIGNATURE)
         quote = self._accept("submit_quote", payload, SubmitQuote, stages)
         if quote is None:
-            return
+            return None
         if self._quote_submission is not None:
             self._refuse(
                 "submit_quote", quote.submitted_by, "another quote is already being priced"
             )
-            return
+            return None
         if self._signature is not None:
             self._refuse("submit_quote", quote.submitted_by, "the contract is already signed")
-            return
+            return None
+        return quote
+
+    def _take_quote_submission(self, quote: SubmitQuote) -> None:
         self._quote_submission = quote
         superseding = ""
         if self.deal.stage != Stage.QUALIFIED and self.deal.quote is not None:
@@ -1147,18 +1188,36 @@ class DealWorkflow:
     @workflow.signal(
         description="Approve the pending discount. Stage awaiting_approval; only an "
         'eligible approver who did not submit the quote. {"approver": "mia.manager", "comment": "ok"}'
+        '; optional "role" (which required approval to give) and "quote_version"'
     )
     def approve_discount(self, payload: RawValue = NO_PAYLOAD) -> None:
+        checked = self._check_approval(payload)
+        if checked is not None:
+            self._give_approval(*checked)
+
+    @workflow.update(
+        name="approve_discount", description="As the approve_discount signal, validated."
+    )
+    async def approve_discount_update(self, payload: RawValue = NO_PAYLOAD) -> str:
+        return self._give_approval(*_checked(self._check_approval(payload)))
+
+    @approve_discount_update.validator
+    def _validate_approval(self, payload: RawValue = NO_PAYLOAD) -> None:
+        self._validate(self._check_approval, payload)
+
+    def _check_approval(self, payload: RawValue) -> tuple[ApproveDiscount, RequiredApproval] | None:
         approval = self._accept(
             "approve_discount", payload, ApproveDiscount, (Stage.AWAITING_APPROVAL,)
         )
         if approval is None:
-            return
+            return None
         requirement = self._may_decide("approve_discount", approval.approver,
                                        approval.quote_version, approval.role)  # fmt: skip
+        return None if requirement is None else (approval, requirement)
+
+    def _give_approval(self, approval: ApproveDiscount, requirement: RequiredApproval) -> str:
         pending = self.deal.pending_approval
-        if requirement is None or pending is None:
-            return
+        assert pending is not None
         requirement.approved_by = approval.approver
         detail = approval.comment or "approved"
         if len(pending.requirements) > 1:
@@ -1166,22 +1225,59 @@ class DealWorkflow:
         self._record("discount_approved", approval.approver, detail)
         if all(r.approved_by is not None for r in pending.requirements):
             self._approval = approval
-        else:
-            self._sync_pending_approval()
+            return f"approved as {requirement.role}: every approval is given"
+        self._sync_pending_approval()
+        return f"approved as {requirement.role}; still needed: {pending.required_role}"
 
     @workflow.signal(
         description="Reject the pending discount; the deal returns to qualified. "
         '{"approver": "mia.manager", "reason": "too deep"}'
     )
     def reject_discount(self, payload: RawValue = NO_PAYLOAD) -> None:
+        rejection = self._check_rejection(payload)
+        if rejection is not None:
+            self._take_rejection(rejection)
+
+    @workflow.update(
+        name="reject_discount", description="As the reject_discount signal, validated."
+    )
+    async def reject_discount_update(self, payload: RawValue = NO_PAYLOAD) -> str:
+        return self._take_rejection(_checked(self._check_rejection(payload)))
+
+    @reject_discount_update.validator
+    def _validate_rejection(self, payload: RawValue = NO_PAYLOAD) -> None:
+        self._validate(self._check_rejection, payload)
+
+    def _check_rejection(self, payload: RawValue) -> RejectDiscount | None:
         rejection = self._accept(
             "reject_discount", payload, RejectDiscount, (Stage.AWAITING_APPROVAL,)
         )
-        if rejection is not None and self._may_decide(
-            "reject_discount", rejection.approver, rejection.quote_version, None
+        if (
+            rejection is None
+            or self._may_decide(
+                "reject_discount", rejection.approver, rejection.quote_version, None
+            )
+            is None
         ):
-            self._approval = rejection
-            self._record("discount_rejected", rejection.approver, rejection.reason)
+            return None
+        return rejection
+
+    def _take_rejection(self, rejection: RejectDiscount) -> str:
+        self._approval = rejection
+        self._record("discount_rejected", rejection.approver, rejection.reason)
+        return "rejected: the deal returns to qualified"
+
+    def _validate(self, check: Callable[[RawValue], Any], payload: RawValue) -> None:
+        """Run a handler's checks for an update's validator: nothing is recorded; a refusal
+        rejects the update with its reason."""
+        self._validating = []
+        try:
+            check(payload)
+            refusals = self._validating
+        finally:
+            self._validating = None
+        if refusals:
+            raise ApplicationError(refusals[0], type="Refused", non_retryable=True)
 
     @workflow.signal(
         description="Record the customer's signature; document_sha256 must be the sent "
@@ -2007,6 +2103,9 @@ class DealWorkflow:
         self._refresh_details()
 
     def _refuse(self, signal: str, actor: str, reason: str) -> None:
+        if self._validating is not None:  # an update's validator: the caller hears it at once
+            self._validating.append(reason)
+            return
         workflow.logger.info("refused %s from %s: %s", signal, actor, reason)
         self._record(f"refused:{signal}", actor, reason)
 
@@ -2124,3 +2223,13 @@ def _invoice_view(
         early_payment_discount=issued.early_payment_discount,
         early_payment_until=issued.early_payment_until,
     )
+
+
+C = TypeVar("C")
+
+
+def _checked(value: C | None) -> C:
+    """An update handler's checks, which its validator has just passed in the same activation."""
+    if value is None:
+        raise ApplicationError("refused; see the deal's events")
+    return value
