@@ -39,11 +39,14 @@ class QuoteActivities:
     def price_quote(self, request: QuoteRequest) -> QuotePricing:
         """Price a submitted quote on the deal's price book and store it; a refusal is returned,
         not raised, and stores nothing."""
-        catalog = self._price_books.version(request.price_book_version)
+        version = request.price_book_version
+        with Session(self._engine) as session:
+            stored = session.get(QuoteRecord, quote_id_for(request.deal_id, request.version))
+            if stored is not None:  # priced by an earlier attempt: on that price book again
+                version = stored.price_book_version
+        catalog = self._price_books.version(version)
         if catalog is None:
-            return QuotePricing(
-                refusal=f"the deal's price book {request.price_book_version!r} is not in the ledger"
-            )
+            return QuotePricing(refusal=f"the deal's price book {version!r} is not in the ledger")
         pricing = price_quote(catalog, self._rules.approvals, request)
         quote = pricing.quote
         if quote is None:

@@ -37,10 +37,17 @@ class Tier(_Strict):
     prices: dict[str, Decimal]
 
 
+class BundleComponent(_Strict):
+    sku: str
+    quantity: int = Field(ge=1)
+
+
 class Product(_Strict):
     sku: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
     name: str
-    kind: Literal["recurring", "one_time", "usage"]
+    # A bundle is sold as one SKU at its own monthly price and expands, on the quote, into its
+    # recurring components, each allocated a share of that price by its own list price.
+    kind: Literal["recurring", "one_time", "usage", "bundle"]
     unit: str
     prices: dict[str, Decimal] = Field(default_factory=dict)
     tiers: list[Tier] = Field(default_factory=list)
@@ -56,6 +63,7 @@ class Product(_Strict):
     max_quantity: int | None = Field(default=None, ge=1)
     requires: list[str] = Field(default_factory=list)
     not_sold_in: list[str] = Field(default_factory=list)
+    components: list[BundleComponent] = Field(default_factory=list)  # a bundle's
 
     @model_validator(mode="after")
     def _priced(self) -> "Product":
@@ -73,6 +81,8 @@ class Product(_Strict):
                 raise ValueError(f"{self.sku}: every tier must be priced in the same currencies")
         elif not self.prices or self.tiers:
             raise ValueError(f"{self.sku}: a {self.kind} product needs prices and no tiers")
+        if (self.kind == "bundle") != bool(self.components):
+            raise ValueError(f"{self.sku}: a bundle, and only a bundle, has components")
         for price in [*self.prices.values(), *(p for t in self.tiers for p in t.prices.values()),
                       *self.floor_prices.values()]:  # fmt: skip
             if price < 0 or price != price.quantize(Decimal("0.0001")):
@@ -107,6 +117,14 @@ class Catalog(_Strict):
         if len(skus) != len(set(skus)):
             raise ValueError("a SKU is listed twice")
         for product in self.products:
+            for part in product.components:
+                component = self.by_sku.get(part.sku)
+                if component is None or component.kind != "recurring":
+                    raise ValueError(f"{product.sku}: component {part.sku} is not a recurring "
+                                     "product of this price book")  # fmt: skip
+                if not product.currencies() <= component.currencies():
+                    raise ValueError(f"{product.sku}: component {part.sku} lacks a price in "
+                                     "one of the bundle's currencies")  # fmt: skip
             unknown = [sku for sku in product.requires if sku not in skus or sku == product.sku]
             if unknown:
                 raise ValueError(

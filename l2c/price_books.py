@@ -19,7 +19,9 @@ from models.ledger import PriceBookRecord
 
 def register_price_book(engine: Engine, catalog: Catalog) -> None:
     """Store `catalog` under its version, once; refuse a different catalog under a stored version."""
-    content = catalog.model_dump_json()
+    # Settings left at their defaults are left out: a field this code adds later (with its
+    # default) does not change a stored version's fingerprint.
+    content = catalog.model_dump_json(exclude_defaults=True)
     digest = sha256_hex(content)
     for _ in range(2):  # a second worker starting at the same moment may store it first
         with Session(engine) as session:
@@ -39,6 +41,7 @@ def register_price_book(engine: Engine, catalog: Catalog) -> None:
                 return
             except IntegrityError:
                 session.rollback()
+    raise ConfigError(f"price book {catalog.version!r} could not be stored in the ledger")
 
 
 class PriceBooks:

@@ -5,7 +5,7 @@ itself; it receives the result of the `price_quote` activity, which calls `price
 """
 
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal
 
 from l2c.config import ApprovalMatrix, ApprovalRule, Catalog, Product
@@ -21,7 +21,7 @@ from models.documents import (
     UsageTier,
     WaterfallStep,
 )
-from models.money import ZERO, to_cents
+from models.money import CENT, ZERO, to_cents
 from models.signals import BillingPeriod
 
 HUNDRED = Decimal(100)
@@ -92,8 +92,14 @@ def usage_overage(line: PricedLine, discount_percent: Decimal, metered: int) -> 
 
 
 def _price_line(
-    product: Product, quantity: int, request: QuoteRequest, term_discount: Decimal
+    product: Product,
+    quantity: int,
+    request: QuoteRequest,
+    term_discount: Decimal,
+    bundle: tuple[str, Decimal] | None = None,
 ) -> PricedLine:
+    """One line, priced. `bundle`: the bundle it is a component of, and its allocated share of
+    the bundle's price (its price after tiers, before the term and rep discounts)."""
     currency = request.currency
     if currency not in product.currencies():
         raise QuoteRefused(
@@ -116,6 +122,8 @@ def _price_line(
         after_tiers = to_cents(tiered_price(tiers, quantity, product.tier_mode))
     else:
         list_price = after_tiers = to_cents(product.prices[currency] * quantity)
+    if bundle is not None:
+        after_tiers = bundle[1]
     # The defined rounding point: the discounted amount (a month's, for a recurring or usage
     # line) is rounded once, from the term and rep discounts combined; every invoice and
     # recognition is a whole number of those months, so they add up to the cent.
@@ -145,20 +153,27 @@ def _price_line(
         usage_tiers=tiers if product.kind == "usage" else None,
         metered_per_unit=product.metered_per_unit,
         tier_mode=product.tier_mode,
-        waterfall=waterfall(list_price, after_tiers, term_discount, discount, net),
+        bundle=bundle[0] if bundle is not None else None,
+        waterfall=waterfall(
+            list_price, after_tiers, term_discount, discount, net, bundled=bundle is not None
+        ),
     )
 
 
 def waterfall(
     list_price: Decimal, after_tiers: Decimal, term_discount: Decimal, discount: Decimal,
-    net: Decimal,
+    net: Decimal, bundled: bool = False,
 ) -> list[WaterfallStep]:  # fmt: skip
     """List price to net price in steps that add up exactly: the term discount's step is rounded,
     and the rep's discount takes what is left to the net (computed once, see `_price_line`)."""
     steps = [WaterfallStep(step="list", label="list price", amount=list_price)]
     if after_tiers != list_price:
-        steps.append(WaterfallStep(step="tier_discount", label="volume tiers",
-                                   amount=after_tiers - list_price))  # fmt: skip
+        if bundled:
+            steps.append(WaterfallStep(step="bundle_discount", label="bundle price",
+                                       amount=after_tiers - list_price))  # fmt: skip
+        else:
+            steps.append(WaterfallStep(step="tier_discount", label="volume tiers",
+                                       amount=after_tiers - list_price))  # fmt: skip
     term_step = to_cents(after_tiers * term_discount / HUNDRED)
     if term_step:
         steps.append(WaterfallStep(step="term_discount", label=f"term discount {term_discount}%",
@@ -171,6 +186,30 @@ def waterfall(
     return steps
 
 
+def expand_bundle(
+    catalog: Catalog, bundle: Product, quantity: int, currency: str
+) -> list[tuple[Product, int, Decimal]]:
+    """A bundle's components, their quantities, and each one's share of the bundle's monthly
+    price: in proportion to its own list price, in cents, adding up to the bundle's price exactly
+    (the cents left by rounding down go to the largest remainders, first listed first)."""
+    if currency not in bundle.currencies():
+        raise QuoteRefused(f"{bundle.sku} has no {currency} price (price lists: "
+                           f"{', '.join(sorted(bundle.currencies()))})")  # fmt: skip
+    if bundle.max_quantity is not None and quantity > bundle.max_quantity:
+        raise QuoteRefused(f"{bundle.sku}: quantity {quantity} is above the maximum of "
+                           f"{bundle.max_quantity} (rule: maximum quantity)")  # fmt: skip
+    total = to_cents(bundle.prices[currency] * quantity)
+    parts = [(catalog.by_sku[c.sku], c.quantity * quantity) for c in bundle.components]
+    weights = [product.prices[currency] * units for product, units in parts]
+    exact = [total * weight / sum(weights) for weight in weights]
+    shares = [share.quantize(CENT, rounding=ROUND_DOWN) for share in exact]
+    left = int((total - sum(shares)) / CENT)
+    by_remainder = sorted(range(len(parts)), key=lambda n: shares[n] - exact[n])
+    for n in by_remainder[:left]:
+        shares[n] += CENT
+    return [(product, units, share) for (product, units), share in zip(parts, shares, strict=True)]
+
+
 def check_guardrails(catalog: Catalog, request: QuoteRequest) -> None:
     """The rules a quote as a whole must meet; each refusal names its rule."""
     submission = request.submission
@@ -181,6 +220,16 @@ def check_guardrails(catalog: Catalog, request: QuoteRequest) -> None:
             "months (rule: term limits)"
         )
     skus = {line.sku for line in submission.lines}
+    bundled = {part.sku: line.sku for line in submission.lines
+               for part in catalog.by_sku[line.sku].components}  # fmt: skip
+    twice = sorted(sku for sku in bundled if sku in skus)
+    if twice:
+        raise QuoteRefused(f"{twice[0]} is on the quote on its own and in {bundled[twice[0]]}: "
+                           "quote it once (rule: bundle components)")  # fmt: skip
+    if len(bundled) < sum(len(catalog.by_sku[sku].components) for sku in skus):
+        raise QuoteRefused("two bundles on the quote share a component: quote one of them "
+                           "(rule: bundle components)")  # fmt: skip
+    skus |= set(bundled)
     for sku in sorted(skus):
         product = catalog.by_sku[sku]
         missing = [required for required in product.requires if required not in skus]
@@ -337,10 +386,16 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
             )
         check_guardrails(catalog, request)
         term_discount = catalog.term_discount(submission.term_months)
-        lines = [
-            _price_line(catalog.by_sku[line.sku], line.quantity, request, term_discount)
-            for line in submission.lines
-        ]
+        lines = []
+        for line in submission.lines:
+            product = catalog.by_sku[line.sku]
+            if product.kind != "bundle":
+                lines.append(_price_line(product, line.quantity, request, term_discount))
+                continue
+            for component, quantity, share in expand_bundle(catalog, product, line.quantity,
+                                                            request.currency):  # fmt: skip
+                lines.append(_price_line(component, quantity, request, term_discount,
+                                         bundle=(product.sku, share)))  # fmt: skip
     except QuoteRefused as refusal:
         return QuotePricing(refusal=str(refusal))
     priced_at = request.priced_at

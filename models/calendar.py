@@ -22,8 +22,8 @@ def add_business_hours(
     left = timedelta(hours=hours)
     at = moment
     while True:
-        opens = at.replace(hour=day_start.hour, minute=day_start.minute, second=0, microsecond=0)
-        closes = at.replace(hour=day_end.hour, minute=day_end.minute, second=0, microsecond=0)
+        opens = datetime.combine(at.date(), day_start, at.tzinfo)
+        closes = datetime.combine(at.date(), day_end, at.tzinfo)
         if at.isoweekday() in workdays and at < closes:
             at = max(at, opens)
             if at + left <= closes:

@@ -31,7 +31,9 @@ class UsageTier(BaseModel):
 
 
 class WaterfallStep(BaseModel):
-    step: Literal["list", "tier_discount", "term_discount", "rep_discount", "net"]
+    step: Literal[
+        "list", "tier_discount", "bundle_discount", "term_discount", "rep_discount", "net"
+    ]
     label: str
     amount: Decimal  # a price (list, net) or a discount (negative)
 
@@ -51,6 +53,7 @@ class PricedLine(BaseModel):
     usage_tiers: list[UsageTier] | None = None
     metered_per_unit: int = 1
     tier_mode: Literal["graduated", "volume"] = "graduated"
+    bundle: str | None = None  # the bundle SKU this line is a component of
     # How the list price became the net price, step by step (per month for recurring and usage
     # lines, once for one-time ones); the steps add up to the net exactly.
     waterfall: list[WaterfallStep] = []

@@ -4,14 +4,17 @@ after the SLA, quotes that expire, and re-quotes that supersede."""
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import Engine
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from l2c.config import Settings
+from l2c.config import BusinessRules, Settings
 from l2c.mailcatcher import MailCatcher
+from l2c.runtime import build_worker
 from models.deal import Stage
 from tests.helpers import (
     advance_until,
+    own_worker,
     refusals,
     refused_after,
     sign,
@@ -178,3 +181,34 @@ async def test_updates_refuse_at_once_with_the_reason_and_record_nothing(
     result = await handle.execute_update("approve_discount", {"approver": "mia.manager"})
     assert result == "approved as manager: every approval is given"
     await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+
+
+@pytest.mark.parametrize("first", ["submit_quote", "sign_contract"])
+async def test_a_re_quote_and_a_signature_delivered_together_never_both_win(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, rules: BusinessRules, settings: Settings,
+    first: str,
+) -> None:  # fmt: skip
+    """Signals buffered while no worker runs (an outage) reach the deal in one workflow task."""
+    small = {**LARGE, "lines": [{"sku": "PLATFORM", "quantity": 10}], "discount_percent": "0"}
+    # No sticky cache: the next workflow task goes to whichever worker polls next.
+    uncached = settings.model_copy(update={"max_cached_workflows": 0})
+    async with build_worker(ts_env.client, sqlite_ledger, rules, uncached):
+        handle = await start(ts_env.client, settings.task_queue)
+        await wait_for_stage(handle, Stage.QUALIFIED)
+        await signal(handle, "submit_quote", small)
+        state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    # The worker is down: the re-quote and the signature wait on the server together.
+    requote = signal(handle, "submit_quote", {**small, "discount_percent": "5"})
+    signature = sign(handle, state)
+    for sent in (requote, signature) if first == "submit_quote" else (signature, requote):
+        await sent
+    async with own_worker(ts_env.client, sqlite_ledger, rules, settings):
+        if first == "submit_quote":  # v2 supersedes v1; v1's signature does not count
+            state = await wait_until(handle, lambda s: s.quote is not None and s.quote.version == 2
+                                     and s.stage == Stage.AWAITING_SIGNATURE)  # fmt: skip
+            assert "a new quote supersedes" in refusals(state, "sign_contract")[0]
+            assert not any(e.kind == "contract_signed" for e in state.events)
+        else:  # v1 is signed; the re-quote comes too late
+            state = await wait_for_stage(handle, Stage.ACTIVE)
+            assert state.quote is not None and state.quote.version == 1
+            assert refusals(state, "submit_quote") == ["the contract is already signed"]

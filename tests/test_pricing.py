@@ -9,11 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from l2c.config import BusinessRules, Catalog, ConfigError
+from l2c.config import BusinessRules, Catalog, ConfigError, Product
 from l2c.price_books import PriceBooks, register_price_book
 from l2c.pricing import (
     QuoteRefused,
     approval_requirement,
+    expand_bundle,
     graduated_price,
     price_quote,
     tiered_price,
@@ -237,3 +238,40 @@ def test_the_readme_worked_example(rules: BusinessRules) -> None:
         ("manager", "discount 20%", ["mia.manager", "victor.vp", "carla.cfo"]),
         ("vp_sales", "non-standard term: a 48-month term", ["victor.vp", "carla.cfo"]),
         ("cfo", "large deal: total contract value 243747.20 GBP >= 80000", ["carla.cfo"])]  # fmt: skip
+
+
+def test_a_bundle_expands_into_its_components_at_allocated_prices(rules: BusinessRules) -> None:
+    def priced(**fields: object) -> QuotePricing:
+        return price_quote(rules.catalog, rules.approvals, quote_request(**fields))
+
+    quote = priced(lines=[{"sku": "GROWTH_BUNDLE", "quantity": 1}], term_months=12).quote
+    assert quote is not None
+    # 1,100.00 a month shared by list price: 500.00 of seats and 800.00 of support (1,300.00).
+    assert [(line.sku, line.quantity, line.bundle, line.monthly_net) for line in quote.lines] == [
+        ("PLATFORM", 10, "GROWTH_BUNDLE", Decimal("423.08")),
+        ("PREMIUM_SUPPORT", 1, "GROWTH_BUNDLE", Decimal("676.92"))]  # fmt: skip
+    assert quote.monthly_recurring_net == Decimal("1100.00")
+    assert [(s.step, s.amount) for s in quote.lines[0].waterfall] == [
+        ("list", Decimal("500.00")), ("bundle_discount", Decimal("-76.92")),
+        ("net", Decimal("423.08"))]  # fmt: skip
+    # The components' rules hold inside a bundle: floors, countries, no component twice.
+    assert "PREMIUM_SUPPORT: net 541.54 USD per account / month is below its floor" in str(
+        priced(lines=[{"sku": "GROWTH_BUNDLE", "quantity": 1}], discount_percent="20").refusal)  # fmt: skip
+    assert "PREMIUM_SUPPORT is not sold in AU" in str(
+        priced(lines=[{"sku": "GROWTH_BUNDLE", "quantity": 1}], country="AU").refusal)  # fmt: skip
+    assert "PLATFORM is on the quote on its own and in GROWTH_BUNDLE" in str(priced(
+        lines=[{"sku": "GROWTH_BUNDLE", "quantity": 1}, {"sku": "PLATFORM", "quantity": 5}]).refusal)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(quantity=st.integers(1, 500), price=st.decimals("0.01", "99999.99", places=2),
+       currency=st.sampled_from(["USD", "EUR", "GBP"]))  # fmt: skip
+def test_bundle_shares_add_up_to_the_bundle_price_to_the_cent(
+    rules: BusinessRules, quantity: int, price: Decimal, currency: str
+) -> None:
+    data = rules.catalog.by_sku["GROWTH_BUNDLE"].model_dump()
+    bundle = Product.model_validate({**data, "prices": {**data["prices"], currency: price},
+                                     "max_quantity": None})  # fmt: skip
+    parts = expand_bundle(rules.catalog, bundle, quantity, currency)
+    assert sum((share for _, _, share in parts), ZERO) == to_cents(price * quantity)
+    assert all(share == share.quantize(Decimal("0.01")) and share >= 0 for _, _, share in parts)

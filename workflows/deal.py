@@ -189,6 +189,7 @@ class DealWorkflow:
         self._approval_matrix = False  # see agree_quote_and_contract
         self._validating: list[str] | None = None  # refusals of an update's validator
         self._priced: dict[int, str | None] = {}  # quote version -> its pricing refusal, if any
+        self._escalations_done = 0  # approval escalations that came back
         self._written_off = False
         self._billing_step_running = False
         self._month_end_due: datetime | None = None  # the month end the billing loop waits for
@@ -312,8 +313,11 @@ class DealWorkflow:
             currency=self.deal.lead.currency,
             submission=submission,
             country=self.deal.lead.country,
-            # A deal's quotes are all priced on the price book of its first one.
-            price_book_version=self.deal.quote.price_book_version if self.deal.quote else None,
+            # A deal's quotes are all priced on the price book of its first one (deals quoted
+            # before price books were kept in the ledger: on the current one).
+            price_book_version=self.deal.quote.price_book_version
+            if self.deal.quote is not None and self._approval_matrix
+            else None,
             priced_at=workflow.now(),
             customer=self.deal.lead.company,
         )
@@ -365,16 +369,25 @@ class DealWorkflow:
         return isinstance(decision, ApproveDiscount)
 
     async def _await_approvals(self, quote: Quote) -> None:
+        """Wait for every approval, a rejection, a new quote or the quote's expiry. Escalations
+        run beside the wait (their reminders never hold up a decision) and report back."""
         pending = self.deal.pending_approval
         assert pending is not None
+        escalating: set[int] = set()  # requirements whose escalation is under way
         while self._approval is None:
-            still = [r for r in pending.requirements if r.approved_by is None]
-            deadlines = [r.due_at for r in still if r.due_at is not None]
+            waiting = [(n, r) for n, r in enumerate(pending.requirements)
+                       if r.approved_by is None and n not in escalating]  # fmt: skip
+            deadlines = [r.due_at for _, r in waiting if r.due_at is not None]
             if quote.valid_until is not None:
                 deadlines.append(quote.valid_until)
+            escalated = self._escalations_done
 
-            def decided() -> bool:
-                return self._approval is not None or self._quote_submission is not None
+            def decided(escalated: int = escalated) -> bool:
+                return (
+                    self._approval is not None
+                    or self._quote_submission is not None
+                    or self._escalations_done != escalated
+                )
 
             if deadlines:
                 await self._wait_until(min(deadlines), decided, "approval SLA or quote expiry")
@@ -382,14 +395,20 @@ class DealWorkflow:
                 await self._wait_for(decided)
             if self._approval is not None or self._quote_ended(quote):
                 return
-            for requirement in still:
+            # Escalations that came back are due again later.
+            escalating -= {n for n in escalating
+                           if (pending.requirements[n].due_at or workflow.now()) > workflow.now()}  # fmt: skip
+            for n, requirement in waiting:
                 due = requirement.due_at
-                if requirement.approved_by is None and due is not None and due <= workflow.now():
-                    await self._escalate(quote, requirement)
+                if due is not None and due <= workflow.now():
+                    escalating.add(n)
+                    self._collections.append(
+                        asyncio.create_task(self._escalate(quote, pending, requirement))
+                    )
 
-    async def _escalate(self, quote: Quote, requirement: RequiredApproval) -> None:
-        pending = self.deal.pending_approval
-        assert pending is not None
+    async def _escalate(
+        self, quote: Quote, pending: PendingApproval, requirement: RequiredApproval
+    ) -> None:
         escalated: ApprovalRequirement = await self._call(
             QuoteActivities.escalate_approval,
             EscalationRequest(
@@ -407,10 +426,11 @@ class DealWorkflow:
             f"escalate approval ({requirement.rule})",
         )
         if requirement.approved_by is not None or self.deal.pending_approval is not pending:
-            return  # given (or the quote ended) while the reminders went out
+            return  # given, or the quote decided or ended, while the reminders went out
         requirement.escalations += 1
         requirement.escalated_to = escalated.escalated_to
         requirement.due_at = escalated.due_at
+        self._escalations_done += 1
         self._record("approval_escalated", "system",
                      f"{requirement.rule}: escalated to {escalated.escalated_to} (reminded: "
                      f"{', '.join(escalated.notified) or 'nobody free'}), due {requirement.due_at}")  # fmt: skip
@@ -1299,6 +1319,10 @@ class DealWorkflow:
                 signature.signer_name,
                 "the contract was already signed or declined",
             )
+        elif self._quote_submission is not None:
+            self._refuse("sign_contract", signature.signer_name,
+                         f"a new quote supersedes the one contract {contract.contract_id} was "
+                         "sent for; sign the contract sent for it")  # fmt: skip
         elif signature.document_sha256 != contract.document_sha256:
             self._refuse(
                 "sign_contract",
@@ -1925,6 +1949,20 @@ class DealWorkflow:
         pending = self.deal.pending_approval
         if self._approval is not None or pending is None:
             self._refuse(signal, approver, "the discount was already decided")
+            return None
+        if not self._approval_matrix and (quote_version is not None or role is not None):
+            # As this deal's code refused them when it started: fields it did not know.
+            self._refuse(signal, approver, "malformed payload: role and quote_version are not "
+                                           "accepted by deals started before approvals had them")  # fmt: skip
+            return None
+        if self._quote_submission is not None:
+            self._refuse(signal, approver, "a new quote was submitted and supersedes this one; "
+                                           "decide on the new one")  # fmt: skip
+            return None
+        quote = self.deal.quote
+        if (self._approval_matrix and quote is not None and quote.valid_until is not None
+                and workflow.now() >= quote.valid_until):  # fmt: skip
+            self._refuse(signal, approver, f"quote v{pending.quote_version} has expired")
             return None
         if quote_version is not None and quote_version != pending.quote_version:
             self._refuse(signal, approver,
