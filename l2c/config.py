@@ -170,6 +170,7 @@ class ApprovalRule(_Strict):
     min_tcv: dict[str, Decimal] = Field(default_factory=dict)  # per currency
     min_term_months: int | None = Field(default=None, ge=1)
     billing_periods: list[Literal["upfront", "annual", "monthly"]] = Field(default_factory=list)
+    max_payment_terms_days: int | None = Field(default=None, ge=0)  # longer terms need the role
 
 
 class Escalation(_Strict):

@@ -316,6 +316,9 @@ def _rule_applies(rule: ApprovalRule, quote: Quote) -> str | None:
         return f"a {quote.term_months}-month term"
     if quote.billing_period in rule.billing_periods:
         return f"billed {quote.billing_period}"
+    terms, limit = quote.payment_terms_days, rule.max_payment_terms_days
+    if limit is not None and terms is not None and terms > limit:
+        return f"net {terms} payment terms"
     return None
 
 
@@ -408,6 +411,7 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
         term_months=submission.term_months,
         billing_period=submission.billing_period,
         term_discount_percent=term_discount,
+        payment_terms_days=submission.payment_terms_days,
         valid_until=None
         if priced_at is None
         else priced_at + timedelta(days=catalog.quote_valid_days),

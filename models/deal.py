@@ -128,10 +128,6 @@ class DealPolicy(BaseModel):
         """A month boundary of this deal: calendar months, or compressed ones in a demo."""
         return months_after(start, months, self.month_seconds)
 
-    def due_at(self, issued_at: datetime) -> datetime:
-        """When an invoice made final at `issued_at` is due: by the payment terms."""
-        return issued_at + timedelta(days=self.payment_terms_days)
-
     def early_payment_until(self, issued_at: datetime) -> date | None:
         """The last day (UTC) on which an invoice made final at `issued_at` may be paid with the
         early-payment discount; None when the policy offers none."""

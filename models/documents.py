@@ -92,6 +92,7 @@ class Quote(BaseModel):
     # The standard discount the term earned (before the rep's `discount_percent`).
     term_discount_percent: Decimal = Decimal(0)
     valid_until: datetime | None = None  # not signed by then: the quote expires
+    payment_terms_days: int | None = None  # None: the policy's
     document_sha256: str | None = None  # the customer-facing quote document in the ledger
 
     @computed_field  # type: ignore[prop-decorator]

@@ -34,6 +34,9 @@ class SubmitQuote(_Payload):
     discount_percent: Decimal = Field(default=Decimal(0), ge=0, le=100, decimal_places=2)
     term_months: int = Field(default=12, ge=1, le=120)
     billing_period: BillingPeriod = "monthly"
+    # Net days for this customer's invoices; default: the policy's (net 30). Other terms may
+    # need an approval (config/approvers.toml).
+    payment_terms_days: int | None = Field(default=None, ge=0, le=120)
 
 
 class ApproveDiscount(_Payload):

@@ -212,3 +212,22 @@ async def test_a_re_quote_and_a_signature_delivered_together_never_both_win(
             state = await wait_for_stage(handle, Stage.ACTIVE)
             assert state.quote is not None and state.quote.version == 1
             assert refusals(state, "submit_quote") == ["the contract is already signed"]
+
+
+async def test_longer_payment_terms_need_the_cfo_and_set_the_invoices_due_dates(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    await signal(handle, "submit_quote", {**LARGE, "discount_percent": "0", "payment_terms_days": 45,
+                                          "lines": [{"sku": "PLATFORM", "quantity": 10}]})  # fmt: skip
+    state = await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    assert state.pending_approval is not None
+    assert [(r.role, r.rule) for r in state.pending_approval.requirements] == [
+        ("cfo", "non-standard payment terms: net 45 payment terms")]  # fmt: skip
+    await signal(handle, "approve_discount", {"approver": "carla.cfo"})
+    state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    await sign(handle, state)
+    state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) == 1)
+    invoice = state.invoices[0]
+    assert invoice.due_date == invoice.issued_on + timedelta(days=45)

@@ -465,7 +465,7 @@ class DealWorkflow:
                 lead=self.deal.lead,
                 quote=quote,
                 issued_at=workflow.now(),
-                payment_terms_days=self.policy.payment_terms_days,
+                payment_terms_days=self._payment_terms_days(quote),
             ),
             "render contract",
         )
@@ -690,7 +690,7 @@ class DealWorkflow:
         """The invoice of a month boundary: the billing period starting there, in advance, and
         (`bills_usage`) the metered usage of the months before it, in arrears."""
         issued_at = workflow.now()
-        due_at = self.policy.due_at(issued_at)
+        due_at = self._due_at(issued_at)
         if period is not None:
             first, last = period.start_month, period.start_month + period.months
         else:
@@ -791,7 +791,7 @@ class DealWorkflow:
         try:
             await self._wait_until(final_at, lambda: self._written_off, f"{draft.number} draft")
             issued_at = workflow.now()
-            due_at = self.policy.due_at(issued_at)
+            due_at = self._due_at(issued_at)
             final: IssuedInvoice = await self._call(
                 BillingActivities.finalize_invoice,
                 InvoiceFinalization(
@@ -808,6 +808,16 @@ class DealWorkflow:
             self._billing_step_running = False
         self.deal.invoices.remove(view)  # the final one takes its place below
         return final, due_at
+
+    def _payment_terms_days(self, quote: Quote) -> int:
+        """Net days: the quote's, or the policy's (net 30) when it named none."""
+        if quote.payment_terms_days is not None:
+            return quote.payment_terms_days
+        return self.policy.payment_terms_days
+
+    def _due_at(self, issued_at: datetime) -> datetime:
+        """When an invoice made final at `issued_at` is due, by the deal's payment terms."""
+        return issued_at + timedelta(days=self._payment_terms_days(self._signed_quote()))
 
     def _early_payment_terms(self, issued_at: datetime) -> EarlyPaymentTerms | None:
         until = self.policy.early_payment_until(issued_at)
@@ -906,7 +916,7 @@ class DealWorkflow:
                 if amount <= 0:
                     return None
                 issued_at = workflow.now()
-                due_at = self.policy.due_at(issued_at)
+                due_at = self._due_at(issued_at)
                 issued: IssuedInvoice = await self._call(
                     BillingActivities.issue_late_fee,
                     LateFeeRequest(
