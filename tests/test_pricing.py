@@ -18,6 +18,7 @@ from l2c.pricing import (
     graduated_price,
     price_quote,
     tiered_price,
+    usage_overage,
     usage_tiers,
 )
 from models.documents import QuotePricing, QuoteRequest
@@ -275,3 +276,18 @@ def test_bundle_shares_add_up_to_the_bundle_price_to_the_cent(
     parts = expand_bundle(rules.catalog, bundle, quantity, currency)
     assert sum((share for _, _, share in parts), ZERO) == to_cents(price * quantity)
     assert all(share == share.quantize(Decimal("0.01")) and share >= 0 for _, _, share in parts)
+
+
+def test_volume_tiers_price_every_unit_at_the_tier_reached(rules: BusinessRules) -> None:
+    lines = [{"sku": "PLATFORM", "quantity": 1}, {"sku": "STORAGE", "quantity": 2000}]
+    quote = price_quote(rules.catalog, rules.approvals, quote_request(lines=lines)).quote
+    assert quote is not None
+    storage = quote.lines[1]
+    assert storage.tier_mode == "volume" and storage.monthly_net == Decimal("160.00")  # 2000 x 0.08
+    assert [(s.step, s.amount) for s in storage.waterfall] == [
+        ("list", Decimal("200.00")), ("tier_discount", Decimal("-40.00")),
+        ("net", Decimal("160.00"))]  # fmt: skip
+    # Metered usage above the commitment: the month's total at the tier it reaches, less the
+    # commitment already billed; never below nothing.
+    assert usage_overage(storage, Decimal(0), 12_000) == Decimal("440.00")  # 12000 x 0.05 - 160
+    assert usage_overage(storage, Decimal(0), 2_500) == Decimal("40.00")  # 2500 x 0.08 - 160
