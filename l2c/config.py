@@ -125,6 +125,9 @@ class Catalog(_Strict):
                 if not product.currencies() <= component.currencies():
                     raise ValueError(f"{product.sku}: component {part.sku} lacks a price in "
                                      "one of the bundle's currencies")  # fmt: skip
+                if any(component.prices[c] <= 0 for c in product.currencies()):
+                    raise ValueError(f"{product.sku}: component {part.sku} needs a price above "
+                                     "0 to take a share of the bundle's price")  # fmt: skip
             unknown = [sku for sku in product.requires if sku not in skus or sku == product.sku]
             if unknown:
                 raise ValueError(

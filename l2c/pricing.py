@@ -46,8 +46,12 @@ def tiered_price(
 ) -> Decimal:
     """`quantity` units priced through `tiers`, unrounded."""
     if mode == "volume":
+        # Every unit at the tier the whole quantity reaches, but never less than a smaller
+        # quantity costs (no cliff at a tier's end): more usage never lowers a bill, so usage
+        # billed in steps (late events) adds up the same as billed at once.
         reached = next(t for t in tiers if t.up_to is None or quantity <= t.up_to)
-        return quantity * reached.unit_price
+        ends = [t.up_to * t.unit_price for t in tiers if t.up_to is not None and t.up_to < quantity]
+        return max([quantity * reached.unit_price, *ends])
     return _through_tiers(tiers, quantity)
 
 

@@ -154,7 +154,7 @@ class EscalationRequest(BaseModel):
     submitted_by: str
     rule: str  # the approval's: why it is needed
     role: str  # the lowest role that may give it
-    escalated_to: str | None  # the role asked at the last escalation, if any
+    escalated_to: str | None = None  # the role asked at the last escalation, if any
     taken: list[str]  # who filled the quote's other approvals: nobody fills two
     escalated_at: datetime
     escalation: int  # 1 for the first escalation of this approval

@@ -1,12 +1,16 @@
 """Record the histories under tests/histories that the replay test holds today's code to.
 
 Run it only when a change to the workflow is meant to break replay of running deals (and then
-version the change with workflow.patched instead, where deals are in flight):
-    python -m tests.record_history
+version the change with workflow.patched instead, where deals are in flight), naming the deal
+to record (recording one leaves the others as they are):
+    python -m tests.record_history recorded-1
+    python -m tests.record_history approval-matrix
 """
 
 import asyncio
+import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 from l2c.config import Settings, load_business_rules
@@ -18,7 +22,7 @@ from tests.helpers import advance_until, signal, start, wait_for_stage, wait_unt
 OUT = Path(__file__).parent / "histories"
 
 
-async def main() -> None:
+async def record_recorded_1() -> None:
     env = await start_time_skipping_env()
     with tempfile.TemporaryDirectory() as tmp:
         engine = fresh_ledger(f"sqlite:///{tmp}/ledger.db")
@@ -54,5 +58,45 @@ async def main() -> None:
             print(f"recorded {handle.id}: {len(history.events)} events")
 
 
+async def record_approval_matrix() -> None:
+    """Two approvals in parallel, one given by update, an escalation after the SLA, a re-quote
+    that supersedes, longer payment terms, a signature, the invoice paid."""
+    env = await start_time_skipping_env()
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = fresh_ledger(f"sqlite:///{tmp}/ledger.db")
+        settings = Settings(database_url="", task_queue="record")
+        async with env, build_worker(env.client, engine, load_business_rules(), settings):
+            handle = await start(env.client, "record", lead_id="L-approval-matrix")
+            await wait_for_stage(handle, Stage.QUALIFIED)
+            quote = {"submitted_by": "nora.na", "discount_percent": "15", "term_months": 1,
+                     "billing_period": "upfront", "lines": [{"sku": "PLATFORM", "quantity": 2500}]}  # fmt: skip
+            await signal(handle, "submit_quote", quote)  # manager and cfo (large deal)
+            await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+            await handle.execute_update("approve_discount", {"approver": "carla.cfo"})
+            await advance_until(env, handle, lambda s: any(
+                e.kind == "approval_escalated" for e in s.events), step=timedelta(hours=12))  # fmt: skip
+            await signal(handle, "submit_quote", {**quote, "discount_percent": "0",
+                                                  "payment_terms_days": 45})  # fmt: skip
+            await wait_until(handle, lambda s: s.quote is not None and s.quote.version == 2
+                             and s.stage == Stage.AWAITING_APPROVAL)  # fmt: skip
+            await signal(handle, "approve_discount", {"approver": "carla.cfo", "quote_version": 2})
+            state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+            assert state.contract is not None
+            await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
+                                                   "document_sha256": state.contract.document_sha256})  # fmt: skip
+            state = await wait_until(handle, lambda s: len(s.invoices) == 1)
+            inv = state.invoices[0]
+            await signal(handle, "record_payment", {"invoice_number": inv.number,
+                                                    "amount": str(inv.amount), "reference": "R0"})  # fmt: skip
+            await handle.result()
+            history = await handle.fetch_history()
+            (OUT / f"{handle.id}.json").write_text(history.to_json())
+            print(f"recorded {handle.id}: {len(history.events)} events")
+
+
+RECORDERS = {"recorded-1": record_recorded_1, "approval-matrix": record_approval_matrix}
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    if len(sys.argv) != 2 or sys.argv[1] not in RECORDERS:
+        sys.exit(f"usage: python -m tests.record_history {{{'|'.join(RECORDERS)}}}")
+    asyncio.run(RECORDERS[sys.argv[1]]())

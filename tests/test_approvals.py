@@ -231,3 +231,20 @@ async def test_longer_payment_terms_need_the_cfo_and_set_the_invoices_due_dates(
     state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) == 1)
     invoice = state.invoices[0]
     assert invoice.due_date == invoice.issued_on + timedelta(days=45)
+
+
+async def test_an_approval_already_given_is_not_escalated(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, mailbox: MailCatcher
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    await signal(handle, "submit_quote", LARGE)  # manager (discount) and cfo (large deal)
+    await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+    await signal(handle, "approve_discount", {"approver": "mia.manager"})
+    state = await advance_until(ts_env, handle, lambda s: s.pending_approval is not None
+                                and s.pending_approval.requirements[1].escalations == 1,
+                                step=timedelta(hours=12))  # fmt: skip
+    assert state.pending_approval is not None
+    assert state.pending_approval.requirements[0].escalations == 0  # given before its SLA
+    reminded = [m["To"] for m in mailbox.messages if m["Subject"].startswith("Approval overdue")]
+    assert reminded == ["carla.cfo@seller.example"]  # the top role, reminded again

@@ -45,7 +45,9 @@ def test_graduated_tiers_price_each_unit_in_its_tier(rules: BusinessRules) -> No
     assert graduated_price(api, 1000, "USD") == Decimal("1550.00")
     assert graduated_price(api, 1001, "USD") == Decimal("1551.00")
     tiers = usage_tiers(api, "USD")
-    assert tiered_price(tiers, 101, "volume") == Decimal("151.50")  # all 101 at the 2nd tier
+    # Volume: all 101 at the 2nd tier would be 151.50, but never less than 100 cost (200.00).
+    assert tiered_price(tiers, 101, "volume") == Decimal("200.00")
+    assert tiered_price(tiers, 150, "volume") == Decimal("225.00")  # all 150 at 1.50
 
 
 @settings(max_examples=200, deadline=None)
@@ -289,5 +291,16 @@ def test_volume_tiers_price_every_unit_at_the_tier_reached(rules: BusinessRules)
         ("net", Decimal("160.00"))]  # fmt: skip
     # Metered usage above the commitment: the month's total at the tier it reaches, less the
     # commitment already billed; never below nothing.
-    assert usage_overage(storage, Decimal(0), 12_000) == Decimal("440.00")  # 12000 x 0.05 - 160
+    # 12,000 GB at 0.05 would be 600.00, less than 10,000 GB cost (800.00): never less for more.
+    assert usage_overage(storage, Decimal(0), 12_000) == Decimal("640.00")  # 800.00 - 160.00
+    assert usage_overage(storage, Decimal(0), 17_000) == Decimal("690.00")  # 17000 x 0.05 - 160
     assert usage_overage(storage, Decimal(0), 2_500) == Decimal("40.00")  # 2500 x 0.08 - 160
+
+
+@settings(max_examples=200, deadline=None)
+@given(quantity=st.integers(0, 30_000), more=st.integers(1, 5_000))
+def test_volume_tiers_never_charge_less_for_more(rules: BusinessRules, quantity: int,
+                                                 more: int) -> None:  # fmt: skip
+    """So usage billed in steps (late events) adds up the same as usage billed at once."""
+    tiers = usage_tiers(rules.catalog.by_sku["STORAGE"], "USD")
+    assert tiered_price(tiers, quantity + more, "volume") >= tiered_price(tiers, quantity, "volume")

@@ -80,3 +80,17 @@ async def test_more_seats_are_prorated_onto_the_next_invoice_and_fewer_become_cr
         seats = session.exec(select(Entitlement).where(Entitlement.sku == "PLATFORM",
                                                        Entitlement.order_id == final.order_id)).one()  # fmt: skip
         assert seats.quantity == 15
+
+
+async def test_a_bundled_line_changes_only_with_its_bundle(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    state = await quote_to_signature(handle, term_months=2,
+                                     lines=[{"sku": "GROWTH_BUNDLE", "quantity": 1}])  # fmt: skip
+    assert [(line.sku, line.bundle) for line in state.quote.lines] == [  # type: ignore[union-attr]
+        ("PLATFORM", "GROWTH_BUNDLE"), ("PREMIUM_SUPPORT", "GROWTH_BUNDLE")]  # fmt: skip
+    assert state.invoices[0].amount == Decimal("1100.00")
+    await pay_in_full(handle, state.invoices[0])
+    assert "PLATFORM is part of GROWTH_BUNDLE" in await refused_after(
+        handle, "change_quantity", {"sku": "PLATFORM", "quantity": 20})  # fmt: skip

@@ -395,18 +395,26 @@ class DealWorkflow:
                 await self._wait_for(decided)
             if self._approval is not None or self._quote_ended(quote):
                 return
-            # Escalations that came back are due again later.
-            escalating -= {n for n in escalating
-                           if (pending.requirements[n].due_at or workflow.now()) > workflow.now()}  # fmt: skip
             for n, requirement in waiting:
                 due = requirement.due_at
-                if due is not None and due <= workflow.now():
+                if requirement.approved_by is None and due is not None and due <= workflow.now():
                     escalating.add(n)
                     self._collections.append(
-                        asyncio.create_task(self._escalate(quote, pending, requirement))
+                        asyncio.create_task(self._escalate(quote, pending, n, escalating))
                     )
 
     async def _escalate(
+        self, quote: Quote, pending: PendingApproval, index: int, escalating: set[int]
+    ) -> None:
+        """Escalate one approval; whatever happens, the wait loop hears back (and escalates it
+        again once it is due again)."""
+        try:
+            await self._escalate_once(quote, pending, pending.requirements[index])
+        finally:
+            escalating.discard(index)
+            self._escalations_done += 1
+
+    async def _escalate_once(
         self, quote: Quote, pending: PendingApproval, requirement: RequiredApproval
     ) -> None:
         escalated: ApprovalRequirement = await self._call(
@@ -430,7 +438,6 @@ class DealWorkflow:
         requirement.escalations += 1
         requirement.escalated_to = escalated.escalated_to
         requirement.due_at = escalated.due_at
-        self._escalations_done += 1
         self._record("approval_escalated", "system",
                      f"{requirement.rule}: escalated to {escalated.escalated_to} (reminded: "
                      f"{', '.join(escalated.notified) or 'nobody free'}), due {requirement.due_at}")  # fmt: skip
@@ -823,6 +830,7 @@ class DealWorkflow:
         until = self.policy.early_payment_until(issued_at)
         if until is None:
             return None
+        until = min(until, self._due_at(issued_at).date())  # never past the due date
         return EarlyPaymentTerms(percent=self.policy.early_payment_discount_percent, until=until)
 
     def _collect_in_background(self, invoice: InvoiceView, due_at: datetime) -> None:
@@ -1193,6 +1201,11 @@ class DealWorkflow:
             stages = (Stage.QUALIFIED, Stage.AWAITING_APPROVAL, Stage.AWAITING_SIGNATURE)
         quote = self._accept("submit_quote", payload, SubmitQuote, stages)
         if quote is None:
+            return None
+        if quote.payment_terms_days is not None and not self._approval_matrix:
+            # As this deal's code refused it when it started: a field it did not know.
+            self._refuse("submit_quote", quote.submitted_by, "malformed payload: "
+                         "payment_terms_days is not accepted by deals started before quotes had it")  # fmt: skip
             return None
         if self._quote_submission is not None:
             self._refuse(
@@ -1589,6 +1602,9 @@ class DealWorkflow:
         elif line is None or line.kind != "recurring":
             recurring = ", ".join(ln.sku for ln in plan.lines if ln.kind == "recurring") or "none"
             reason = f"{change.sku} is not a recurring line of this deal (recurring: {recurring})"
+        elif line.bundle is not None:
+            reason = (f"{change.sku} is part of {line.bundle}: its quantity changes only with "
+                      "the bundle, by a new quote")  # fmt: skip
         elif line.quantity == change.quantity:
             reason = f"{change.sku} is already at {change.quantity}"
         elif period is None or self._recognized_through >= plan.term_months:
