@@ -278,6 +278,60 @@ def cmd_audit_ledger(_args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+# ---------------------------------------------------------------- ledger reports
+
+
+def cmd_ledger_report(args: argparse.Namespace) -> int:
+    from datetime import UTC, date, datetime
+
+    from l2c import reports
+    from l2c.runtime import open_ledger
+
+    engine = open_ledger(Settings.from_env())
+    if args.report == "trial-balance":
+        if args.period is not None and not _is_period(args.period):
+            return _fail(f"--period {args.period!r}: expected YYYY-MM")
+        rows = reports.trial_balance(engine, args.period)
+    elif args.report == "deferred":
+        rows = reports.deferred_revenue_waterfall(engine)
+    elif args.report == "revenue":
+        rows = reports.revenue_by_obligation(engine)
+    else:
+        try:
+            as_of = date.fromisoformat(args.as_of) if args.as_of else datetime.now(UTC).date()
+        except ValueError:
+            return _fail(f"--as-of {args.as_of!r}: expected YYYY-MM-DD")
+        rows = reports.ar_aging(engine, as_of)
+    if args.csv:
+        reports.write_csv(rows)
+    else:
+        reports.print_table(rows)
+    return 0
+
+
+def cmd_ledger_close(args: argparse.Namespace) -> int:
+    from sqlmodel import Session
+
+    from l2c.journal import close_period
+    from l2c.runtime import open_ledger
+
+    if not _is_period(args.period):
+        return _fail(f"{args.period!r}: expected a period as YYYY-MM")
+    engine = open_ledger(Settings.from_env())
+    with Session(engine) as session:
+        closed = close_period(session, args.period, args.by)
+        session.commit()
+    print(f"period {args.period} " + ("closed: later postings for it go to the next open period"
+                                      if closed else "was already closed"))  # fmt: skip
+    return 0
+
+
+def _is_period(text: str) -> bool:
+    year, _, month = text.partition("-")
+    return len(year) == 4 and year.isdigit() and month.isdigit() and len(month) == 2 and (
+        1 <= int(month) <= 12)  # fmt: skip
+
+
 # ---------------------------------------------------------------- usage
 
 
@@ -367,6 +421,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     webhooks.add_argument("--port", type=int, default=12112)
     webhooks.set_defaults(func=cmd_webhooks)
+
+    ledger_cmd = sub.add_parser("ledger", help="finance reports, and closing a period")
+    ledger_sub = ledger_cmd.add_subparsers(dest="ledger_command", required=True)
+    for name, help_text in [
+        ("trial-balance", "debits, credits and balance per account (per currency)"),
+        ("deferred", "deferred revenue by month: opening, billed, recognized, reversed, closing"),
+        ("revenue", "revenue recognized by month and performance obligation"),
+        ("aging", "what invoices still owe, by how long past due"),
+    ]:
+        report_cmd = ledger_sub.add_parser(name, help=help_text)
+        report_cmd.add_argument("--csv", action="store_true", help="CSV on standard output")
+        if name == "trial-balance":
+            report_cmd.add_argument("--period", help="through this period (YYYY-MM)")
+        if name == "aging":
+            report_cmd.add_argument("--as-of", help="the day to age at (YYYY-MM-DD; default today)")
+        report_cmd.set_defaults(func=cmd_ledger_report, report=name)
+    close = ledger_sub.add_parser(
+        "close", help="close a period (YYYY-MM): later postings for it go to the next open one"
+    )
+    close.add_argument("period")
+    close.add_argument("--by", default="finance", help="who closes it")
+    close.set_defaults(func=cmd_ledger_close)
 
     usage = sub.add_parser("usage", help="metered usage events")
     usage_sub = usage.add_subparsers(dest="usage_command", required=True)

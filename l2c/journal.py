@@ -1,11 +1,11 @@
 """Double-entry postings into the ledger: the one place that writes journal entries."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlmodel import Session, select
 
-from models.ledger import JournalEntry, JournalLine
+from models.ledger import ClosedPeriod, JournalEntry, JournalLine
 from models.money import ZERO
 
 CASH = "1000"
@@ -37,6 +37,33 @@ ACCOUNT_NAMES = {
 }
 
 
+def period_of(moment: datetime) -> str:
+    """The accounting period (a calendar month, UTC) of a moment: YYYY-MM."""
+    return moment.astimezone(UTC).strftime("%Y-%m")
+
+
+def next_period(period: str) -> str:
+    year, month = map(int, period.split("-"))
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
+
+
+def open_period(session: Session, moment: datetime) -> str:
+    """The period a posting for `moment` is booked in: its own, or the first open one after."""
+    period = period_of(moment)
+    closed = set(session.exec(select(ClosedPeriod.period)).all())
+    while period in closed:
+        period = next_period(period)
+    return period
+
+
+def close_period(session: Session, period: str, closed_by: str) -> bool:
+    """Close `period` (YYYY-MM) for postings; False if it was closed already."""
+    if session.get(ClosedPeriod, period) is not None:
+        return False
+    session.add(ClosedPeriod(period=period, closed_at=datetime.now(UTC), closed_by=closed_by))
+    return True
+
+
 class UnbalancedEntry(ValueError):
     """Debits and credits differ: refused, nothing written."""
 
@@ -65,9 +92,11 @@ def post_entry(
     for account, _, _ in lines:
         if account not in ACCOUNT_NAMES:
             raise UnbalancedEntry(f"{entry_key}: unknown account {account}")
-    entry = JournalEntry(
-        entry_key=entry_key, deal_id=deal_id, currency=currency, memo=memo, posted_at=posted_at
-    )
+    period = open_period(session, posted_at)
+    if period != period_of(posted_at):
+        memo = f"{memo[:350]} [booked in {period}: {period_of(posted_at)} is closed]"
+    entry = JournalEntry(entry_key=entry_key, deal_id=deal_id, currency=currency, memo=memo,
+                         posted_at=posted_at, period=period)  # fmt: skip
     session.add(entry)
     session.flush()
     assert entry.id is not None

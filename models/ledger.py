@@ -289,7 +289,19 @@ class JournalEntry(SQLModel, table=True):
     deal_id: str = Field(index=True, max_length=80)
     currency: str = Field(max_length=3)
     memo: str = Field(max_length=400)
-    posted_at: datetime = utc_timestamp(nullable=False)
+    posted_at: datetime = utc_timestamp(nullable=False)  # when it happened
+    # The accounting period (YYYY-MM) it is booked in: posted_at's month, or the next open one
+    # when that month was closed (the memo says so).
+    period: str = Field(default="", max_length=7, index=True)
+
+
+class ClosedPeriod(SQLModel, table=True):
+    """An accounting month closed for postings: later postings for it go to the next open one."""
+
+    __tablename__ = "closed_periods"
+    period: str = Field(primary_key=True, max_length=7)  # YYYY-MM
+    closed_at: datetime = utc_timestamp(nullable=False)
+    closed_by: str = Field(max_length=100)
 
 
 class JournalLine(SQLModel, table=True):
