@@ -47,7 +47,7 @@ class QuoteActivities:
         catalog = self._price_books.version(version)
         if catalog is None:
             return QuotePricing(refusal=f"the deal's price book {version!r} is not in the ledger")
-        pricing = price_quote(catalog, self._rules.approvals, request)
+        pricing = price_quote(catalog, self._rules.approvals, request, self._rules.ssp)
         quote = pricing.quote
         if quote is None:
             return pricing

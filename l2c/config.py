@@ -413,11 +413,29 @@ class TaxTable(_Strict):
         return self.rates.get(lead.country, Decimal(0))
 
 
+class SspTable(_Strict):
+    """Standalone selling prices: SKU -> currency -> price (see config/ssp.toml)."""
+
+    prices: dict[str, dict[str, Decimal]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "SspTable":
+        for sku, by_currency in self.prices.items():
+            for currency, price in by_currency.items():
+                if price <= 0 or price != price.quantize(Decimal("0.0001")):
+                    raise ValueError(f"{sku} {currency}: a price above 0, at most 4 decimals")
+        return self
+
+    def price(self, sku: str, currency: str) -> Decimal | None:
+        return self.prices.get(sku, {}).get(currency)
+
+
 class BusinessRules(BaseModel):
     catalog: Catalog
     approvals: ApprovalMatrix
     policy: PolicyConfig
     tax: TaxTable = TaxTable(rates={})
+    ssp: SspTable = SspTable()
 
 
 def _load_toml(path: Path, model: type[BaseModel]) -> Any:
@@ -435,12 +453,24 @@ def _load_toml(path: Path, model: type[BaseModel]) -> Any:
 
 def load_business_rules(config_dir: Path | None = None) -> BusinessRules:
     folder = config_dir or Settings.from_env().config_dir
+    catalog: Catalog = _load_toml(folder / "catalog.toml", Catalog)
     return BusinessRules(
-        catalog=_load_toml(folder / "catalog.toml", Catalog),
+        catalog=catalog,
         approvals=_load_toml(folder / "approvers.toml", ApprovalMatrix),
         policy=_load_toml(folder / "policy.toml", PolicyConfig),
         tax=_load_toml(folder / "tax.toml", TaxTable),
+        ssp=_load_ssp(folder / "ssp.toml", catalog),
     )
+
+
+def _load_ssp(path: Path, catalog: Catalog) -> SspTable:
+    table: SspTable = _load_toml(path, SspTable)
+    for sku in table.prices:
+        product = catalog.by_sku.get(sku)
+        if product is None or product.kind == "bundle":
+            raise ConfigError(f"{path}: {sku} is not a product of price book {catalog.version} "
+                              "(bundles have no SSP of their own: their components do)")  # fmt: skip
+    return table
 
 
 # ---------------------------------------------------------------- process settings

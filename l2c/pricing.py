@@ -5,10 +5,11 @@ itself; it receives the result of the `price_quote` activity, which calls `price
 """
 
 from datetime import timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from typing import Any, Literal
 
-from l2c.config import ApprovalMatrix, ApprovalRule, Catalog, Product
+from l2c.config import ApprovalMatrix, ApprovalRule, Catalog, Product, SspTable
+from l2c.recognition import MissingSsp, allocate_transaction_price
 from models.approvals import assignable
 from models.documents import (
     ApprovalRequirement,
@@ -21,7 +22,7 @@ from models.documents import (
     UsageTier,
     WaterfallStep,
 )
-from models.money import CENT, ZERO, to_cents
+from models.money import ZERO, split_in_proportion, to_cents
 from models.signals import BillingPeriod
 
 HUNDRED = Decimal(100)
@@ -204,13 +205,9 @@ def expand_bundle(
                            f"{bundle.max_quantity} (rule: maximum quantity)")  # fmt: skip
     total = to_cents(bundle.prices[currency] * quantity)
     parts = [(catalog.by_sku[c.sku], c.quantity * quantity) for c in bundle.components]
-    weights = [product.prices[currency] * units for product, units in parts]
-    exact = [total * weight / sum(weights) for weight in weights]
-    shares = [share.quantize(CENT, rounding=ROUND_DOWN) for share in exact]
-    left = int((total - sum(shares)) / CENT)
-    by_remainder = sorted(range(len(parts)), key=lambda n: shares[n] - exact[n])
-    for n in by_remainder[:left]:
-        shares[n] += CENT
+    shares = split_in_proportion(
+        total, [product.prices[currency] * units for product, units in parts]
+    )
     return [(product, units, share) for (product, units), share in zip(parts, shares, strict=True)]
 
 
@@ -378,7 +375,11 @@ def billing_plan(
     return plan
 
 
-def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest) -> QuotePricing:
+def price_quote(
+    catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest, ssp: SspTable | None = None
+) -> QuotePricing:
+    """Price a submitted quote: lines, guardrails, totals, the approvals it needs and, given the
+    SSP table, its performance obligations with their share of the price."""
     submission = request.submission
     try:
         skus = [line.sku for line in submission.lines]
@@ -423,7 +424,11 @@ def price_quote(catalog: Catalog, matrix: ApprovalMatrix, request: QuoteRequest)
     )
     try:
         approvals = approval_requirements(matrix, quote, submission.submitted_by)
-    except QuoteRefused as refusal:
+        if ssp is not None:
+            quote.obligations = allocate_transaction_price(
+                quote.lines, quote.net_total, quote.currency, quote.term_months, ssp
+            )
+    except (QuoteRefused, MissingSsp) as refusal:
         return QuotePricing(refusal=str(refusal))
     if priced_at is not None:
         due = matrix.escalation.due(priced_at)

@@ -75,6 +75,16 @@ class BillingPeriodPlan(BaseModel):
     amount: Decimal
 
 
+class PerformanceObligation(BaseModel):
+    """A promise in the contract that revenue is recognized for (ASC 606 / IFRS 15), with its
+    share of the transaction price, allocated by relative standalone selling price."""
+
+    sku: str
+    recognition: Literal["ratable", "at_provisioning"]  # over the term by day, or at a point
+    standalone_value: Decimal  # its SSP x quantity (x months of the term, if recurring)
+    allocated: Decimal  # its share of the quote's net total, in cents
+
+
 class Quote(BaseModel):
     version: int
     price_book_version: str
@@ -92,6 +102,7 @@ class Quote(BaseModel):
     # The standard discount the term earned (before the rep's `discount_percent`).
     term_discount_percent: Decimal = Decimal(0)
     valid_until: datetime | None = None  # not signed by then: the quote expires
+    obligations: list[PerformanceObligation] = []  # the net total allocated by relative SSP
     payment_terms_days: int | None = None  # None: the policy's
     document_sha256: str | None = None  # the customer-facing quote document in the ledger
 

@@ -1,6 +1,6 @@
 """Money is a Decimal with a currency, rounded half-even to cents at defined points, never float."""
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Annotated
 
 from pydantic import Field, StringConstraints
@@ -16,6 +16,21 @@ CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 def to_cents(value: Decimal) -> Decimal:
     """Round to cents, half-even (banker's rounding): the one rounding rule of the project."""
     return value.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+def split_in_proportion(total: Decimal, weights: list[Decimal]) -> list[Decimal]:
+    """`total` (in cents) split in proportion to `weights`, in cents, adding up to it exactly:
+    each share rounded down, the cents left over to the largest remainders (first listed first).
+    Every share is within a cent of the exact proportion."""
+    whole = sum(weights, Decimal(0))
+    if whole <= 0:
+        raise ValueError("nothing to split in proportion to")
+    exact = [total * weight / whole for weight in weights]
+    shares = [share.quantize(CENT, rounding=ROUND_DOWN) for share in exact]
+    left = int((total - sum(shares, Decimal(0))) / CENT)
+    for n in sorted(range(len(shares)), key=lambda n: shares[n] - exact[n])[:left]:
+        shares[n] += CENT
+    return shares
 
 
 def percent_of(amount: Decimal, percent: Decimal) -> Decimal:

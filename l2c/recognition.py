@@ -1,0 +1,55 @@
+"""Revenue recognition rules (ASC 606 / IFRS 15) as pure functions: identify a quote's
+performance obligations, allocate its transaction price by relative standalone selling price,
+and spread a ratable obligation over its term by day."""
+
+import itertools
+from datetime import date, datetime
+from decimal import Decimal
+
+from l2c.config import SspTable
+from models.calendar import add_months
+from models.documents import PerformanceObligation, PricedLine
+from models.money import split_in_proportion
+
+
+class MissingSsp(ValueError):
+    """A product on the quote has no standalone selling price in its currency."""
+
+
+def allocate_transaction_price(
+    lines: list[PricedLine], net_total: Decimal, currency: str, term_months: int, ssp: SspTable
+) -> list[PerformanceObligation]:
+    """One obligation per line: subscriptions and usage commitments ratable over the term,
+    one-time services at provisioning. The net total (the transaction price, discounts and all)
+    is split in proportion to each one's standalone value, to the cent, adding up exactly."""
+    values = []
+    for line in lines:
+        price = ssp.price(line.sku, currency)
+        if price is None:
+            raise MissingSsp(
+                f"no standalone selling price for {line.sku} in {currency} (config/ssp.toml): "
+                "its revenue could not be allocated"
+            )
+        months = 1 if line.kind == "one_time" else term_months
+        values.append(price * line.quantity * months)
+    allocated = split_in_proportion(net_total, values)
+    return [
+        PerformanceObligation(
+            sku=line.sku,
+            recognition="at_provisioning" if line.kind == "one_time" else "ratable",
+            standalone_value=value,
+            allocated=share,
+        )
+        for line, value, share in zip(lines, values, allocated, strict=True)
+    ]
+
+
+def ratable_schedule(amount: Decimal, start: datetime, months: int) -> list[tuple[date, Decimal]]:
+    """A ratable obligation's revenue per month of its term (from `start`), by the days in each
+    month: (the month's last day, amount), adding up to `amount` exactly, each within a cent of
+    its share by days."""
+    bounds = [add_months(start, m) for m in range(months + 1)]
+    days = [Decimal((end - begin).days) for begin, end in itertools.pairwise(bounds)]
+    shares = split_in_proportion(amount, days)
+    return [(date.fromordinal(end.date().toordinal() - 1), share)
+            for end, share in zip(bounds[1:], shares, strict=True)]  # fmt: skip

@@ -1,0 +1,105 @@
+"""Revenue recognition rules (ASC 606 / IFRS 15): allocation of the transaction price by relative
+standalone selling price, and ratable schedules by day."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l2c.config import BusinessRules, ConfigError, SspTable, load_business_rules
+from l2c.drill import drill_config
+from l2c.pricing import price_quote
+from l2c.recognition import ratable_schedule
+from models.documents import QuoteRequest
+from models.money import ZERO
+from models.signals import SubmitQuote
+
+CENT = Decimal("0.01")
+
+
+def quote(rules: BusinessRules, **fields: object) -> QuoteRequest:
+    submission = SubmitQuote.model_validate({
+        "submitted_by": "someone.else", "lines": [{"sku": "PLATFORM", "quantity": 10},
+                                                  {"sku": "ONBOARDING", "quantity": 1}],
+        **fields})  # fmt: skip
+    return QuoteRequest(deal_id="d", version=1, currency="USD", submission=submission)
+
+
+def test_a_discount_is_spread_over_the_obligations_by_standalone_selling_price(
+    rules: BusinessRules,
+) -> None:
+    pricing = price_quote(rules.catalog, rules.approvals,
+                          quote(rules, discount_percent="15"), rules.ssp)  # fmt: skip
+    priced = pricing.quote
+    assert priced is not None and priced.net_total == Decimal("7225.00")
+    # Billed: seats 5,100.00 over the year and onboarding 2,125.00 on the first invoice. Sold
+    # alone they are worth 5,400.00 (45.00 x 10 x 12) and 3,000.00: the 7,225.00 is allocated
+    # in that proportion, so onboarding (recognized at provisioning) carries its fair share.
+    assert [(o.sku, o.recognition, o.standalone_value, o.allocated)
+            for o in priced.obligations] == [
+        ("PLATFORM", "ratable", Decimal("5400.00"), Decimal("4644.64")),
+        ("ONBOARDING", "at_provisioning", Decimal("3000.00"), Decimal("2580.36"))]  # fmt: skip
+
+
+def test_a_product_without_a_standalone_selling_price_is_refused(rules: BusinessRules) -> None:
+    partial = SspTable(prices={"PLATFORM": {"USD": Decimal("45.00")}})
+    pricing = price_quote(rules.catalog, rules.approvals, quote(rules), partial)
+    assert pricing.refusal == (
+        "no standalone selling price for ONBOARDING in USD (config/ssp.toml): "
+        "its revenue could not be allocated")  # fmt: skip
+
+
+def test_an_ssp_table_naming_a_bundle_or_an_unknown_sku_is_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    config = drill_config(tmp_path / "config")
+    ssp = config / "ssp.toml"
+    ssp.write_text(ssp.read_text() + '\n[prices.GROWTH_BUNDLE]\nUSD = "1000.00"\n')
+    with pytest.raises(ConfigError, match=r"ssp\.toml: GROWTH_BUNDLE is not a product"):
+        load_business_rules(config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    quantities=st.tuples(st.integers(1, 5000), st.integers(1, 5)),
+    discount=st.decimals(0, 40, places=2),
+    term=st.integers(1, 60),
+)
+def test_allocation_adds_up_and_is_within_a_cent_of_relative_ssp(
+    rules: BusinessRules, quantities: tuple[int, int], discount: Decimal, term: int
+) -> None:
+    lines = [{"sku": "PLATFORM", "quantity": quantities[0]},
+             {"sku": "ONBOARDING", "quantity": quantities[1]}]  # fmt: skip
+    pricing = price_quote(rules.catalog, rules.approvals, quote(
+        rules, lines=lines, discount_percent=str(discount), term_months=term), rules.ssp)  # fmt: skip
+    priced = pricing.quote
+    if priced is None:  # only the onboarding floor refuses these
+        assert pricing.refusal is not None and "rule: floor price" in pricing.refusal
+        return
+    obligations = priced.obligations
+    assert sum((o.allocated for o in obligations), ZERO) == priced.net_total
+    whole = sum((o.standalone_value for o in obligations), ZERO)
+    for o in obligations:
+        assert abs(o.allocated - priced.net_total * o.standalone_value / whole) < CENT
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cents=st.integers(0, 10**9),
+    start=st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31), timezones=st.just(UTC)),
+    months=st.integers(1, 120),
+)
+def test_a_ratable_schedule_adds_up_by_day(cents: int, start: datetime, months: int) -> None:
+    amount = Decimal(cents) / 100
+    schedule = ratable_schedule(amount, start, months)
+    assert len(schedule) == months
+    assert sum((part for _, part in schedule), ZERO) == amount
+    days = [(end.toordinal() + 1) for end, _ in schedule]
+    total_days = days[-1] - start.date().toordinal()
+    begin = start.date().toordinal()
+    for (_, part), end in zip(schedule, days, strict=True):
+        assert abs(part - amount * (end - begin) / total_days) < CENT
+        begin = end
