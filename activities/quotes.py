@@ -47,7 +47,8 @@ class QuoteActivities:
         catalog = self._price_books.version(version)
         if catalog is None:
             return QuotePricing(refusal=f"the deal's price book {version!r} is not in the ledger")
-        pricing = price_quote(catalog, self._rules.approvals, request, self._rules.ssp)
+        ssp = self._rules.ssp if self._rules.ssp.prices else None
+        pricing = price_quote(catalog, self._rules.approvals, request, ssp)
         quote = pricing.quote
         if quote is None:
             return pricing

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -310,13 +311,19 @@ def cmd_ledger_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_close(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from sqlmodel import Session
 
-    from l2c.journal import close_period
+    from l2c.journal import close_period, period_of
     from l2c.runtime import open_ledger
 
     if not _is_period(args.period):
         return _fail(f"{args.period!r}: expected a period as YYYY-MM")
+    if not 0 < len(args.by) <= 100:
+        return _fail("--by: a name of 1 to 100 characters")
+    if args.period >= period_of(datetime.now(UTC)):
+        return _fail(f"{args.period} has not ended yet: only a past month can be closed")
     engine = open_ledger(Settings.from_env())
     with Session(engine) as session:
         closed = close_period(session, args.period, args.by)
@@ -327,9 +334,7 @@ def cmd_ledger_close(args: argparse.Namespace) -> int:
 
 
 def _is_period(text: str) -> bool:
-    year, _, month = text.partition("-")
-    return len(year) == 4 and year.isdigit() and month.isdigit() and len(month) == 2 and (
-        1 <= int(month) <= 12)  # fmt: skip
+    return re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", text) is not None
 
 
 # ---------------------------------------------------------------- usage

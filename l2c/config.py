@@ -422,8 +422,11 @@ class SspTable(_Strict):
     def _positive(self) -> "SspTable":
         for sku, by_currency in self.prices.items():
             for currency, price in by_currency.items():
-                if price <= 0 or price != price.quantize(Decimal("0.0001")):
-                    raise ValueError(f"{sku} {currency}: a price above 0, at most 4 decimals")
+                if len(currency) != 3 or not currency.isascii() or not currency.isupper():
+                    raise ValueError(f"{sku}: {currency!r} is not a currency code like USD")
+                if not Decimal(0) < price < Decimal(10) ** 9 or price.as_tuple().exponent < -4:  # type: ignore[operator]
+                    raise ValueError(f"{sku} {currency}: a price above 0 and below 1e9, "
+                                     "with at most 4 decimals")  # fmt: skip
         return self
 
     def price(self, sku: str, currency: str) -> Decimal | None:
@@ -464,12 +467,22 @@ def load_business_rules(config_dir: Path | None = None) -> BusinessRules:
 
 
 def _load_ssp(path: Path, catalog: Catalog) -> SspTable:
+    """The SSP table, complete for the price book: every product but a bundle, in every currency
+    it is priced in. No file: no table (quotes then carry no performance obligations). SKUs the
+    price book no longer has are kept, for deals still pricing on an older version."""
+    if not path.exists():
+        return SspTable()
     table: SspTable = _load_toml(path, SspTable)
-    for sku in table.prices:
-        product = catalog.by_sku.get(sku)
-        if product is None or product.kind == "bundle":
-            raise ConfigError(f"{path}: {sku} is not a product of price book {catalog.version} "
-                              "(bundles have no SSP of their own: their components do)")  # fmt: skip
+    for product in catalog.products:
+        if product.kind == "bundle":
+            if product.sku in table.prices:
+                raise ConfigError(f"{path}: {product.sku} is a bundle: its components have "
+                                  "standalone selling prices, it has none of its own")  # fmt: skip
+            continue
+        missing = sorted(c for c in product.currencies() if table.price(product.sku, c) is None)
+        if missing:
+            raise ConfigError(f"{path}: {product.sku} has no standalone selling price in "
+                              f"{', '.join(missing)}")  # fmt: skip
     return table
 
 

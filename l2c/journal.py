@@ -3,6 +3,8 @@
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from models.ledger import ClosedPeriod, JournalEntry, JournalLine
@@ -38,7 +40,10 @@ ACCOUNT_NAMES = {
 
 
 def period_of(moment: datetime) -> str:
-    """The accounting period (a calendar month, UTC) of a moment: YYYY-MM."""
+    """The accounting period (a calendar month, UTC) of a moment: YYYY-MM. A moment without a
+    time zone is taken as UTC, never as the machine's local time."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m")
 
 
@@ -50,6 +55,10 @@ def next_period(period: str) -> str:
 def open_period(session: Session, moment: datetime) -> str:
     """The period a posting for `moment` is booked in: its own, or the first open one after."""
     period = period_of(moment)
+    if session.get_bind().dialect.name == "postgresql":
+        # Postings share this lock; a close's insert waits for them, and they for it: no entry
+        # lands in a month closed while it was being posted.
+        session.execute(text("LOCK TABLE closed_periods IN SHARE MODE"))
     closed = set(session.exec(select(ClosedPeriod.period)).all())
     while period in closed:
         period = next_period(period)
@@ -61,6 +70,11 @@ def close_period(session: Session, period: str, closed_by: str) -> bool:
     if session.get(ClosedPeriod, period) is not None:
         return False
     session.add(ClosedPeriod(period=period, closed_at=datetime.now(UTC), closed_by=closed_by))
+    try:
+        session.flush()
+    except IntegrityError:  # closed by someone else at the same moment
+        session.rollback()
+        return False
     return True
 
 

@@ -476,6 +476,9 @@ def change_quantity(quote: Quote, sku: str, quantity: int) -> Quote:
     return quote.model_copy(
         update={
             **_derived_from_lines(lines, quote.billing_period, quote.term_months),
+            # A modification is allocated prospectively (issue 6); until then the signed
+            # allocation no longer describes the plan, so the plan carries none.
+            "obligations": [],
         }
     )
 

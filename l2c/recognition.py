@@ -48,6 +48,8 @@ def ratable_schedule(amount: Decimal, start: datetime, months: int) -> list[tupl
     """A ratable obligation's revenue per month of its term (from `start`), by the days in each
     month: (the month's last day, amount), adding up to `amount` exactly, each within a cent of
     its share by days."""
+    if months < 1:
+        raise ValueError("a ratable schedule needs at least one month")
     bounds = [add_months(start, m) for m in range(months + 1)]
     days = [Decimal((end - begin).days) for begin, end in itertools.pairwise(bounds)]
     shares = split_in_proportion(amount, days)

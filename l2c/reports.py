@@ -119,11 +119,15 @@ def revenue_by_obligation(engine: Engine) -> list[Row]:
 
 
 def ar_aging(engine: Engine, as_of: date) -> list[Row]:
-    """Each invoice still owed on `as_of` by how long past due, then a total per currency and
-    bucket; the totals agree with the journal's receivables."""
+    """What each invoice issued by `as_of` still owes today, by how long past due it is on
+    `as_of`, then a total per currency and bucket. With `as_of` today the totals agree with the
+    journal's receivables; an earlier day moves the aging clock only (balances are today's)."""
     with Session(engine) as session:
         invoices = session.exec(
-            select(InvoiceRecord).where(InvoiceRecord.status.in_(["open", "disputed"]))  # type: ignore[attr-defined]
+            select(InvoiceRecord).where(
+                InvoiceRecord.status.in_(["open", "disputed"]),  # type: ignore[attr-defined]
+                InvoiceRecord.issued_on <= as_of,
+            )
         ).all()
     rows: list[Row] = []
     totals: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)

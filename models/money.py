@@ -23,8 +23,10 @@ def split_in_proportion(total: Decimal, weights: list[Decimal]) -> list[Decimal]
     each share rounded down, the cents left over to the largest remainders (first listed first).
     Every share is within a cent of the exact proportion."""
     whole = sum(weights, Decimal(0))
-    if whole <= 0:
-        raise ValueError("nothing to split in proportion to")
+    if whole <= 0 or any(weight < 0 for weight in weights):
+        raise ValueError("weights must not be negative, and not all zero")
+    if total < 0 or total != to_cents(total):
+        raise ValueError(f"{total}: only a whole number of cents, not negative, can be split")
     exact = [total * weight / whole for weight in weights]
     shares = [share.quantize(CENT, rounding=ROUND_DOWN) for share in exact]
     left = int((total - sum(shares, Decimal(0))) / CENT)

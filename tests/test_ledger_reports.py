@@ -117,8 +117,11 @@ def test_the_ledger_commands_print_tables_and_csv_and_refuse_bad_periods(tmp_pat
     closed = l2c("ledger", "close", "2026-05", "--by", "fay")
     assert closed.returncode == 0 and "period 2026-05 closed" in closed.stdout
     assert "already closed" in l2c("ledger", "close", "2026-05").stdout
-    bad = l2c("ledger", "close", "2026-13")
-    assert bad.returncode != 0 and "expected a period as YYYY-MM" in bad.stderr
+    for period in ["2026-13", "2026-1\u00b2", "\uff12\uff10\uff12\uff16-11"]:
+        bad = l2c("ledger", "close", period)
+        assert bad.returncode != 0 and "expected a period as YYYY-MM" in bad.stderr
+    future = l2c("ledger", "close", "2099-01")
+    assert future.returncode != 0 and "has not ended yet" in future.stderr
     assert l2c("ledger", "trial-balance").stdout.strip() == "(nothing)"
     aging = l2c("ledger", "aging", "--as-of", "yesterday")
     assert aging.returncode != 0 and "expected YYYY-MM-DD" in aging.stderr

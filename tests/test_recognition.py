@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from l2c.config import BusinessRules, ConfigError, SspTable, load_business_rules
 from l2c.drill import drill_config
+from l2c.journal import period_of
 from l2c.pricing import price_quote
 from l2c.recognition import ratable_schedule
 from models.documents import QuoteRequest
-from models.money import ZERO
+from models.money import ZERO, split_in_proportion
 from models.signals import SubmitQuote
 
 CENT = Decimal("0.01")
@@ -52,14 +53,23 @@ def test_a_product_without_a_standalone_selling_price_is_refused(rules: Business
         "its revenue could not be allocated")  # fmt: skip
 
 
-def test_an_ssp_table_naming_a_bundle_or_an_unknown_sku_is_refused_at_start(
+def test_an_ssp_table_naming_a_bundle_or_missing_a_price_is_refused_at_start(
     tmp_path: Path,
 ) -> None:
     config = drill_config(tmp_path / "config")
     ssp = config / "ssp.toml"
     ssp.write_text(ssp.read_text() + '\n[prices.GROWTH_BUNDLE]\nUSD = "1000.00"\n')
-    with pytest.raises(ConfigError, match=r"ssp\.toml: GROWTH_BUNDLE is not a product"):
+    with pytest.raises(ConfigError, match=r"ssp\.toml: GROWTH_BUNDLE is a bundle"):
         load_business_rules(config)
+    ssp.write_text(
+        ssp.read_text()
+        .replace('\n[prices.GROWTH_BUNDLE]\nUSD = "1000.00"\n', "")
+        .replace('GBP = "560.00"', "")
+    )  # premium support loses its GBP price
+    with pytest.raises(ConfigError, match="PREMIUM_SUPPORT has no standalone selling price in GBP"):
+        load_business_rules(config)
+    ssp.unlink()  # no table at all: quotes carry no obligations
+    assert load_business_rules(config).ssp.prices == {}
 
 
 @settings(max_examples=200, deadline=None)
@@ -103,3 +113,16 @@ def test_a_ratable_schedule_adds_up_by_day(cents: int, start: datetime, months: 
     for (_, part), end in zip(schedule, days, strict=True):
         assert abs(part - amount * (end - begin) / total_days) < CENT
         begin = end
+
+
+def test_a_split_refuses_what_it_could_not_add_up_exactly() -> None:
+    assert split_in_proportion(Decimal("1.00"), [Decimal(1)] * 3) == [
+        Decimal("0.34"), Decimal("0.33"), Decimal("0.33")]  # fmt: skip
+    for total, weights in [(Decimal("-1.00"), [Decimal(1)]), (Decimal("1.005"), [Decimal(1)]),
+                           (Decimal("1.00"), [Decimal(-1), Decimal(2)]),
+                           (Decimal("1.00"), [Decimal(0)])]:  # fmt: skip
+        with pytest.raises(ValueError):
+            split_in_proportion(total, weights)
+    with pytest.raises(ValueError, match="at least one month"):
+        ratable_schedule(Decimal("1.00"), datetime(2026, 1, 1, tzinfo=UTC), 0)
+    assert period_of(datetime(2026, 1, 31, 23, 30)) == "2026-01"  # no time zone: UTC
