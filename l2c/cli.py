@@ -286,9 +286,9 @@ def cmd_ledger_report(args: argparse.Namespace) -> int:
     from datetime import UTC, date, datetime
 
     from l2c import reports
-    from l2c.runtime import open_ledger
+    from l2c.runtime import read_ledger
 
-    engine = open_ledger(Settings.from_env())
+    engine = read_ledger(Settings.from_env())
     if args.report == "trial-balance":
         if args.period is not None and not _is_period(args.period):
             return _fail(f"--period {args.period!r}: expected YYYY-MM")

@@ -53,31 +53,47 @@ def init_ledger(engine: Engine) -> None:
     with the table and the columns it lacks.
     """
     SQLModel.metadata.create_all(engine)
-    inspector = inspect(engine)
-    for table in SQLModel.metadata.sorted_tables:
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        missing = [column.name for column in table.columns if column.name not in present]
-        # A natural key changed since (e.g. invoices gained a kind): the old one would refuse rows.
-        unique = {
-            tuple(sorted(u["column_names"])) for u in inspector.get_unique_constraints(table.name)
-        }
-        missing += [
-            f"unique ({', '.join(constraint.columns.keys())})"
-            for constraint in table.constraints
-            if isinstance(constraint, UniqueConstraint)
-            and tuple(sorted(constraint.columns.keys())) not in unique
-        ]
-        if missing:
-            raise LedgerSchemaOutdated(
-                f"the ledger at {engine.url.render_as_string(hide_password=True)} was created by "
-                f"an older version: table {table.name} lacks {', '.join(missing)}. Point "
-                "L2C_DATABASE_URL at a new database, or move the old file aside"
-            )
+    verify_ledger(engine)
     with Session(engine) as session:
         for series in (INVOICE_SERIES, CREDIT_NOTE_SERIES):
             if session.get(NumberSeries, series) is None:
                 session.add(NumberSeries(name=series, next_value=1))
         session.commit()
+
+
+def verify_ledger(engine: Engine) -> None:
+    """Refuse a ledger this version cannot use: no ledger there at all, or one an older version
+    created (a table, column or natural key missing). Creates nothing: reports can run on a
+    read-only connection, and a mistyped URL is an error, not an empty ledger."""
+    inspector = inspect(engine)
+    where = engine.url.render_as_string(hide_password=True)
+    tables = SQLModel.metadata.sorted_tables
+    absent = [table.name for table in tables if not inspector.has_table(table.name)]
+    if len(absent) == len(tables):
+        raise LedgerSchemaOutdated(f"there is no ledger at {where} (check L2C_DATABASE_URL; "
+                                   "a worker creates it when it first starts)")  # fmt: skip
+    for table in tables:
+        if table.name in absent:
+            missing = ["the whole table"]
+        else:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            missing = [column.name for column in table.columns if column.name not in present]
+            # A natural key changed since (e.g. invoices gained a kind): the old one would
+            # refuse rows.
+            unique = {tuple(sorted(u["column_names"]))
+                      for u in inspector.get_unique_constraints(table.name)}  # fmt: skip
+            missing += [
+                f"unique ({', '.join(constraint.columns.keys())})"
+                for constraint in table.constraints
+                if isinstance(constraint, UniqueConstraint)
+                and tuple(sorted(constraint.columns.keys())) not in unique
+            ]
+        if missing:
+            raise LedgerSchemaOutdated(
+                f"the ledger at {where} was created by an older version: table {table.name} "
+                f"lacks {', '.join(missing)}. Point L2C_DATABASE_URL at a new database, or move "
+                "the old file aside"
+            )
 
 
 def take_next_number(session: Session, series: str) -> int:

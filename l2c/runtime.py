@@ -22,7 +22,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities import build_activities
 from l2c.config import BusinessRules, Settings
-from l2c.db import init_ledger, make_engine
+from l2c.db import init_ledger, make_engine, verify_ledger
 from l2c.faults import FaultInjector, FaultPlan
 from l2c.gateway import PaymentGateway
 from l2c.mail import Mailer
@@ -50,6 +50,13 @@ async def connect(settings: Settings) -> Client:
 def open_ledger(settings: Settings) -> Engine:
     engine = make_engine(settings.database_url)
     init_ledger(engine)
+    return engine
+
+
+def read_ledger(settings: Settings) -> Engine:
+    """The ledger as it is, for reports: nothing is created (see `verify_ledger`)."""
+    engine = make_engine(settings.database_url)
+    verify_ledger(engine)
     return engine
 
 

@@ -114,6 +114,8 @@ def test_the_ledger_commands_print_tables_and_csv_and_refuse_bad_periods(tmp_pat
         return subprocess.run([str(BIN / "l2c"), *args], capture_output=True, text=True,
                               env=env, timeout=60)  # fmt: skip
 
+    nothing = l2c("ledger", "trial-balance")  # a report creates no ledger where there is none
+    assert nothing.returncode != 0 and "there is no ledger at sqlite:///" in nothing.stderr
     closed = l2c("ledger", "close", "2026-05", "--by", "fay")
     assert closed.returncode == 0 and "period 2026-05 closed" in closed.stdout
     assert "already closed" in l2c("ledger", "close", "2026-05").stdout
