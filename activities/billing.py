@@ -1,5 +1,6 @@
 """Billing activities: invoices with gap-free numbers, cash application, dunning, write-off."""
 
+from collections.abc import Callable
 from decimal import Decimal
 
 from sqlalchemy import Engine
@@ -10,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from l2c.closed_deals import record_chargeback
 from l2c.config import TaxTable
-from l2c.db import CREDIT_NOTE_SERIES, INVOICE_SERIES, take_next_number
+from l2c.db import CREDIT_NOTE_SERIES, INVOICE_SERIES, next_document_number
 from l2c.documents import render, render_email
 from l2c.journal import (
     ACCOUNTS_RECEIVABLE,
@@ -246,12 +247,28 @@ class BillingActivities:
         """Issue the invoice of one month boundary once: the billing period starting there (in
         advance) and the metered usage not billed yet (in arrears). Its number is taken in the same
         transaction. None when there is nothing to bill: no period starts and no usage is due."""
+        return self._issue_once(request.deal_id, request.billing_month, "billing",
+                                lambda session: self._issue_invoice(session, request))  # fmt: skip
+
+    def _issue_once(
+        self,
+        deal_id: str,
+        billing_month: int,
+        kind: str,
+        issue: Callable[[Session], IssuedInvoice | None],
+    ) -> IssuedInvoice | None:
+        """Issue an invoice under its natural key (deal, month boundary, kind) once: a second
+        attempt finds the first one's, and of two attempts at once, the one that committed first
+        is the invoice."""
         try:
-            return self._issue_invoice(request)
-        except IntegrityError:
-            # Another attempt of this same step committed first: its invoice is the invoice.
             with Session(self._engine) as session:
-                row = self._find_invoice(session, request.deal_id, request.billing_month)
+                existing = self._find_invoice(session, deal_id, billing_month, kind)
+                if existing is not None:
+                    return _issued(session, existing)
+                return issue(session)
+        except IntegrityError:
+            with Session(self._engine) as session:
+                row = self._find_invoice(session, deal_id, billing_month, kind)
                 if row is None:
                     raise
                 return _issued(session, row)
@@ -276,121 +293,103 @@ class BillingActivities:
     def issue_late_fee(self, request: LateFeeRequest) -> IssuedInvoice:
         """A late fee on an overdue invoice, on an invoice of its own (untaxed, final at once),
         once per overdue invoice: a second attempt returns the first."""
-        try:
-            with Session(self._engine) as session:
-                existing = self._find_invoice(
-                    session, request.deal_id, request.billing_month, "late_fee"
-                )
-                if existing is not None:
-                    return _issued(session, existing)
-                number = f"{INVOICE_SERIES}-{take_next_number(session, INVOICE_SERIES):06d}"
-                overdue = session.get(InvoiceRecord, request.overdue_invoice)
-                if overdue is None or overdue.deal_id != request.deal_id:
-                    raise _ledger_conflict(f"invoice {request.overdue_invoice} is not this deal's")
-                row = InvoiceRecord(
-                    number=number,
-                    deal_id=request.deal_id,
-                    billing_month=request.billing_month,
-                    kind="late_fee",
-                    currency=request.currency,
-                    amount=request.amount,
-                    issued_on=request.issued_on,
-                    due_date=request.due_date,
-                    service_from=overdue.service_from,
-                    service_to=overdue.service_to,
-                    html="",
-                )
-                session.add(row)
-                session.flush()
-                description = (f"Late fee: {request.percent}% of {request.overdue} "
-                               f"{request.currency} overdue on {request.overdue_invoice}")  # fmt: skip
-                session.add(InvoiceLineRecord(invoice_number=number, line_no=1, sku="LATE_FEE",
-                                              description=description, quantity=1,
-                                              unit_price=request.amount, amount=request.amount))  # fmt: skip
-                session.flush()
-                _finalize(session, row, request.lead, early_payment=None)
-                issued = _issued(session, row)
-                session.commit()
-                return issued
-        except IntegrityError:
-            # Another attempt of this same step committed first: its invoice is the fee.
-            with Session(self._engine) as session:
-                found = self._find_invoice(
-                    session, request.deal_id, request.billing_month, "late_fee"
-                )
-                if found is None:
-                    raise
-                return _issued(session, found)
+        issued = self._issue_once(request.deal_id, request.billing_month, "late_fee",
+                                  lambda session: self._issue_late_fee(session, request))  # fmt: skip
+        assert issued is not None
+        return issued
 
-    def _issue_invoice(self, request: InvoiceRequest) -> IssuedInvoice | None:
+    def _issue_late_fee(self, session: Session, request: LateFeeRequest) -> IssuedInvoice:
+        number = next_document_number(session, INVOICE_SERIES)
+        overdue = session.get(InvoiceRecord, request.overdue_invoice)
+        if overdue is None or overdue.deal_id != request.deal_id:
+            raise _ledger_conflict(f"invoice {request.overdue_invoice} is not this deal's")
+        row = InvoiceRecord(
+            number=number,
+            deal_id=request.deal_id,
+            billing_month=request.billing_month,
+            kind="late_fee",
+            currency=request.currency,
+            amount=request.amount,
+            issued_on=request.issued_on,
+            due_date=request.due_date,
+            service_from=overdue.service_from,
+            service_to=overdue.service_to,
+            html="",
+        )
+        session.add(row)
+        session.flush()
+        description = (f"Late fee: {request.percent}% of {request.overdue} "
+                       f"{request.currency} overdue on {request.overdue_invoice}")  # fmt: skip
+        session.add(InvoiceLineRecord(invoice_number=number, line_no=1, sku="LATE_FEE",
+                                      description=description, quantity=1,
+                                      unit_price=request.amount, amount=request.amount))  # fmt: skip
+        session.flush()
+        _finalize(session, row, request.lead, early_payment=None)
+        issued = _issued(session, row)
+        session.commit()
+        return issued
+
+    def _issue_invoice(self, session: Session, request: InvoiceRequest) -> IssuedInvoice | None:
         period = request.period
-        with Session(self._engine) as session:
-            existing = self._find_invoice(session, request.deal_id, request.billing_month)
-            if existing is not None:
-                return _issued(session, existing)
-            usage = bill_usage(session, request.deal_id, request.usage) if request.usage else []
-            usage_lines = [charge.line for charge in usage if charge.line is not None]
-            if period is None and not usage_lines and not request.adjustments:
-                # Usage within the commitment: remembered as billed, so it is not looked at again.
-                for charge in usage:
-                    session.add(charge.record)
-                session.commit()
-                return None
-            lines = [*(period.lines if period else []), *request.adjustments, *usage_lines]
-            # Billed in advance (deferred until delivered): the period and its adjustments.
-            period_amount = (period.amount if period else ZERO) + sum(
-                (line.amount for line in request.adjustments), ZERO
-            )
-            usage_amount = sum((line.amount for line in usage_lines), ZERO)
-            # Tax at the rate in force when the invoice is issued, rounded per line.
-            rate = self._tax.rate_for(request.lead)
-            taxes = [to_cents(line.amount * rate / HUNDRED) for line in lines]
-            tax = sum(taxes, ZERO)
-            amount = period_amount + usage_amount + tax
-            number = f"{INVOICE_SERIES}-{take_next_number(session, INVOICE_SERIES):06d}"
-            row = InvoiceRecord(
-                number=number,
-                deal_id=request.deal_id,
-                billing_month=request.billing_month,
-                period_index=period.index if period else None,
-                currency=request.currency,
-                amount=amount,
-                tax_amount=tax,
-                status="draft" if request.draft else "open",
-                issued_on=request.issued_on,
-                due_date=request.due_date,
-                service_from=request.service_from,
-                service_to=request.service_to,
-                html="",
-            )
-            session.add(row)
-            session.flush()
-            for line_no, (line, line_tax) in enumerate(zip(lines, taxes, strict=True), start=1):
-                session.add(
-                    InvoiceLineRecord(
-                        invoice_number=number,
-                        line_no=line_no,
-                        sku=line.sku,
-                        description=line.description,
-                        quantity=line.quantity,
-                        unit_price=line.unit_price,
-                        amount=line.amount,
-                        tax_rate=rate,
-                        tax_amount=line_tax,
-                    )
-                )
+        usage = bill_usage(session, request.deal_id, request.usage) if request.usage else []
+        usage_lines = [charge.line for charge in usage if charge.line is not None]
+        if period is None and not usage_lines and not request.adjustments:
+            # Usage within the commitment: remembered as billed, so it is not looked at again.
             for charge in usage:
-                charge.record.invoice_number = number if charge.line is not None else None
                 session.add(charge.record)
-            session.flush()
-            if request.draft:
-                row.html = _render_invoice(session, row, request.lead)
-            else:
-                _finalize(session, row, request.lead, request.early_payment)
-            session.flush()
-            issued = _issued(session, row)
             session.commit()
-            return issued
+            return None
+        lines = [*(period.lines if period else []), *request.adjustments, *usage_lines]
+        # Tax at the rate in force when the invoice is issued, rounded per line. (What of the
+        # amount is deferred and what is revenue at once: `_finalize`.)
+        rate = self._tax.rate_for(request.lead)
+        taxes = [to_cents(line.amount * rate / HUNDRED) for line in lines]
+        tax = sum(taxes, ZERO)
+        amount = sum((line.amount for line in lines), ZERO) + tax
+        number = next_document_number(session, INVOICE_SERIES)
+        row = InvoiceRecord(
+            number=number,
+            deal_id=request.deal_id,
+            billing_month=request.billing_month,
+            period_index=period.index if period else None,
+            currency=request.currency,
+            amount=amount,
+            tax_amount=tax,
+            status="draft" if request.draft else "open",
+            issued_on=request.issued_on,
+            due_date=request.due_date,
+            service_from=request.service_from,
+            service_to=request.service_to,
+            html="",
+        )
+        session.add(row)
+        session.flush()
+        for line_no, (line, line_tax) in enumerate(zip(lines, taxes, strict=True), start=1):
+            session.add(
+                InvoiceLineRecord(
+                    invoice_number=number,
+                    line_no=line_no,
+                    sku=line.sku,
+                    description=line.description,
+                    quantity=line.quantity,
+                    unit_price=line.unit_price,
+                    amount=line.amount,
+                    tax_rate=rate,
+                    tax_amount=line_tax,
+                )
+            )
+        for charge in usage:
+            charge.record.invoice_number = number if charge.line is not None else None
+            session.add(charge.record)
+        session.flush()
+        if request.draft:
+            row.html = _render_invoice(session, row, request.lead)
+        else:
+            _finalize(session, row, request.lead, request.early_payment)
+        session.flush()
+        issued = _issued(session, row)
+        session.commit()
+        return issued
 
     @activity.defn
     def apply_payment(self, payment: PaymentRecord) -> None:
@@ -485,7 +484,7 @@ class BillingActivities:
                     f"credit note {request.reference}: {request.amount} with {request.to_credit} "
                     f"to credit does not fit {invoice.number} (balance {balance})"
                 )
-            number = f"{CREDIT_NOTE_SERIES}-{take_next_number(session, CREDIT_NOTE_SERIES):06d}"
+            number = next_document_number(session, CREDIT_NOTE_SERIES)
             credited_tax = _tax_share(invoice, request.amount)
             invoice.amount_credited += request.amount
             if request.to_credit > 0:

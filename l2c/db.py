@@ -96,6 +96,12 @@ def verify_ledger(engine: Engine) -> None:
             )
 
 
+def next_document_number(session: Session, series: str) -> str:
+    """The next number of a series as printed on its documents (INV-000001), taken inside the
+    caller's transaction; `l2c audit ledger` checks the series has no gaps."""
+    return f"{series}-{take_next_number(session, series):06d}"
+
+
 def take_next_number(session: Session, series: str) -> int:
     """Take the next number of a series inside the caller's transaction (rolled back with it)."""
     row = session.execute(
