@@ -8,10 +8,16 @@ to record (recording one leaves the others as they are):
 """
 
 import asyncio
+import contextlib
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import Settings, load_business_rules
 from l2c.runtime import build_worker
@@ -22,76 +28,81 @@ from tests.helpers import advance_until, signal, start, wait_for_stage, wait_unt
 OUT = Path(__file__).parent / "histories"
 
 
-async def record_recorded_1() -> None:
+@contextlib.asynccontextmanager
+async def recording() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server and a worker on a throwaway ledger, as the tests run deals."""
     env = await start_time_skipping_env()
     with tempfile.TemporaryDirectory() as tmp:
         engine = fresh_ledger(f"sqlite:///{tmp}/ledger.db")
         settings = Settings(database_url="", task_queue="record")
         async with env, build_worker(env.client, engine, load_business_rules(), settings):
-            handle = await start(env.client, "record", lead_id="L-recorded-1")
-            await wait_for_stage(handle, Stage.QUALIFIED)
+            yield env
+
+
+async def save(handle: WorkflowHandle[Any, Any]) -> None:
+    """Wait for the deal to end, then write its history under tests/histories."""
+    await handle.result()
+    history = await handle.fetch_history()
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{handle.id}.json").write_text(history.to_json())
+    print(f"recorded {handle.id}: {len(history.events)} events")
+
+
+async def record_recorded_1() -> None:
+    async with recording() as env:
+        handle = await start(env.client, "record", lead_id="L-recorded-1")
+        await wait_for_stage(handle, Stage.QUALIFIED)
+        await signal(
+            handle, "approve_discount", {"approver": "mia.manager"}
+        )  # refused: wrong stage
+        await signal(handle, "submit_quote", {"submitted_by": "nora.na", "discount_percent": "15", "term_months": 3,
+                                              "billing_period": "monthly", "lines": [{"sku": "PLATFORM", "quantity": 25},
+                                              {"sku": "ONBOARDING", "quantity": 1}]})  # fmt: skip
+        await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+        await signal(handle, "approve_discount", {"approver": "mia.manager", "comment": "ok"})
+        state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+        assert state.contract is not None
+        await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
+                                               "document_sha256": state.contract.document_sha256})  # fmt: skip
+        for n in range(3):
+            state = await advance_until(env, handle, lambda s, n=n: len(s.invoices) > n)
+            inv = state.invoices[n]
             await signal(
-                handle, "approve_discount", {"approver": "mia.manager"}
-            )  # refused: wrong stage
-            await signal(handle, "submit_quote", {"submitted_by": "nora.na", "discount_percent": "15", "term_months": 3,
-                                                  "billing_period": "monthly", "lines": [{"sku": "PLATFORM", "quantity": 25},
-                                                  {"sku": "ONBOARDING", "quantity": 1}]})  # fmt: skip
-            await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
-            await signal(handle, "approve_discount", {"approver": "mia.manager", "comment": "ok"})
-            state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
-            assert state.contract is not None
-            await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
-                                                   "document_sha256": state.contract.document_sha256})  # fmt: skip
-            for n in range(3):
-                state = await advance_until(env, handle, lambda s, n=n: len(s.invoices) > n)
-                inv = state.invoices[n]
-                await signal(
-                    handle,
-                    "record_payment",
-                    {"invoice_number": inv.number, "amount": str(inv.amount), "reference": f"R{n}"},
-                )
-                await wait_until(handle, lambda s, n=n: s.invoices[n].status == "paid")
-            await handle.result()
-            history = await handle.fetch_history()
-            OUT.mkdir(exist_ok=True)
-            (OUT / f"{handle.id}.json").write_text(history.to_json())
-            print(f"recorded {handle.id}: {len(history.events)} events")
+                handle,
+                "record_payment",
+                {"invoice_number": inv.number, "amount": str(inv.amount), "reference": f"R{n}"},
+            )
+            await wait_until(handle, lambda s, n=n: s.invoices[n].status == "paid")
+        await save(handle)
 
 
 async def record_approval_matrix() -> None:
     """Two approvals in parallel, one given by update, an escalation after the SLA, a re-quote
     that supersedes, longer payment terms, a signature, the invoice paid."""
-    env = await start_time_skipping_env()
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = fresh_ledger(f"sqlite:///{tmp}/ledger.db")
-        settings = Settings(database_url="", task_queue="record")
-        async with env, build_worker(env.client, engine, load_business_rules(), settings):
-            handle = await start(env.client, "record", lead_id="L-approval-matrix")
-            await wait_for_stage(handle, Stage.QUALIFIED)
-            quote = {"submitted_by": "nora.na", "discount_percent": "15", "term_months": 1,
-                     "billing_period": "upfront", "lines": [{"sku": "PLATFORM", "quantity": 2500}]}  # fmt: skip
-            await signal(handle, "submit_quote", quote)  # manager and cfo (large deal)
-            await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
-            await handle.execute_update("approve_discount", {"approver": "carla.cfo"})
-            await advance_until(env, handle, lambda s: any(
-                e.kind == "approval_escalated" for e in s.events), step=timedelta(hours=12))  # fmt: skip
-            await signal(handle, "submit_quote", {**quote, "discount_percent": "0",
-                                                  "payment_terms_days": 45})  # fmt: skip
-            await wait_until(handle, lambda s: s.quote is not None and s.quote.version == 2
-                             and s.stage == Stage.AWAITING_APPROVAL)  # fmt: skip
-            await signal(handle, "approve_discount", {"approver": "carla.cfo", "quote_version": 2})
-            state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
-            assert state.contract is not None
-            await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
-                                                   "document_sha256": state.contract.document_sha256})  # fmt: skip
-            state = await wait_until(handle, lambda s: len(s.invoices) == 1)
-            inv = state.invoices[0]
-            await signal(handle, "record_payment", {"invoice_number": inv.number,
-                                                    "amount": str(inv.amount), "reference": "R0"})  # fmt: skip
-            await handle.result()
-            history = await handle.fetch_history()
-            (OUT / f"{handle.id}.json").write_text(history.to_json())
-            print(f"recorded {handle.id}: {len(history.events)} events")
+    async with recording() as env:
+        handle = await start(env.client, "record", lead_id="L-approval-matrix")
+        await wait_for_stage(handle, Stage.QUALIFIED)
+        quote = {"submitted_by": "nora.na", "discount_percent": "15", "term_months": 1,
+                 "billing_period": "upfront", "lines": [{"sku": "PLATFORM", "quantity": 2500}]}  # fmt: skip
+        await signal(handle, "submit_quote", quote)  # manager and cfo (large deal)
+        await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+        await handle.execute_update("approve_discount", {"approver": "carla.cfo"})
+        await advance_until(env, handle, lambda s: any(
+            e.kind == "approval_escalated" for e in s.events), step=timedelta(hours=12))  # fmt: skip
+        await signal(handle, "submit_quote", {**quote, "discount_percent": "0",
+                                              "payment_terms_days": 45})  # fmt: skip
+        await wait_until(handle, lambda s: s.quote is not None and s.quote.version == 2
+                         and s.stage == Stage.AWAITING_APPROVAL)  # fmt: skip
+        await signal(handle, "approve_discount", {"approver": "carla.cfo", "quote_version": 2})
+        state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+        assert state.contract is not None
+        await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
+                                               "document_sha256": state.contract.document_sha256})  # fmt: skip
+        state = await wait_until(handle, lambda s: len(s.invoices) == 1)
+        inv = state.invoices[0]
+        await signal(handle, "record_payment", {"invoice_number": inv.number,
+                                                "amount": str(inv.amount), "reference": "R0"})  # fmt: skip
+        await save(handle)
 
 
 RECORDERS = {"recorded-1": record_recorded_1, "approval-matrix": record_approval_matrix}
