@@ -740,6 +740,9 @@ class BillingActivities:
                 ZERO,
             )  # fmt: skip
             reversal = max(ZERO, min(in_advance, deferred_balance))
+            # Revenue recognized ahead of billing (by obligation: a contract asset, the deal's
+            # deferred revenue below zero) will never be billed now: it is lost with the rest.
+            contract_asset = max(ZERO, -deferred_balance)
             bad_debt = unpaid - unpaid_tax - reversal
             for invoice in unpaid_invoices:
                 invoice.status = "uncollectible"
@@ -750,8 +753,10 @@ class BillingActivities:
                     lines_to_post.append((TAX_PAYABLE, unpaid_tax, ZERO))
                 if reversal > 0:
                     lines_to_post.append((DEFERRED_REVENUE, reversal, ZERO))
-                if bad_debt > 0:
-                    lines_to_post.append((BAD_DEBT_EXPENSE, bad_debt, ZERO))
+                if contract_asset > 0:
+                    lines_to_post.append((DEFERRED_REVENUE, ZERO, contract_asset))
+                if bad_debt + contract_asset > 0:
+                    lines_to_post.append((BAD_DEBT_EXPENSE, bad_debt + contract_asset, ZERO))
                 post_entry(
                     session,
                     entry_key=entry_key,
@@ -764,6 +769,6 @@ class BillingActivities:
             session.commit()
             return WriteOffResult(
                 invoice_numbers=[i.number for i in unpaid_invoices],
-                bad_debt=bad_debt,
+                bad_debt=bad_debt + contract_asset,
                 reversed_deferred=reversal,
             )

@@ -4,11 +4,21 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio import activity
 
-from l2c.journal import DEFERRED_REVENUE, REVENUE_SERVICES, REVENUE_SUBSCRIPTION, post_entry
+from l2c.journal import (
+    DEFERRED_REVENUE,
+    REVENUE_SERVICES,
+    REVENUE_SUBSCRIPTION,
+    REVENUE_USAGE,
+    post_entry,
+)
 from models.documents import RevenueRecognition
 from models.money import ZERO
 
-_REVENUE_ACCOUNT = {"subscription": REVENUE_SUBSCRIPTION, "services": REVENUE_SERVICES}
+_REVENUE_ACCOUNT = {
+    "subscription": REVENUE_SUBSCRIPTION,
+    "services": REVENUE_SERVICES,
+    "usage": REVENUE_USAGE,
+}
 
 
 class RevenueActivities:

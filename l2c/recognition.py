@@ -1,13 +1,10 @@
 """Revenue recognition rules (ASC 606 / IFRS 15) as pure functions: identify a quote's
-performance obligations, allocate its transaction price by relative standalone selling price,
-and spread a ratable obligation over its term by day."""
+performance obligations and allocate its transaction price by relative standalone selling price.
+Spreading an obligation over its term is in models.revenue, which the deal workflow runs too."""
 
-import itertools
-from datetime import date, datetime
 from decimal import Decimal
 
 from l2c.config import SspTable
-from models.calendar import add_months
 from models.documents import PerformanceObligation, PricedLine
 from models.money import split_in_proportion
 
@@ -42,16 +39,3 @@ def allocate_transaction_price(
         )
         for line, value, share in zip(lines, values, allocated, strict=True)
     ]
-
-
-def ratable_schedule(amount: Decimal, start: datetime, months: int) -> list[tuple[date, Decimal]]:
-    """A ratable obligation's revenue per month of its term (from `start`), by the days in each
-    month: (the month's last day, amount), adding up to `amount` exactly, each within a cent of
-    its share by days."""
-    if months < 1:
-        raise ValueError("a ratable schedule needs at least one month")
-    bounds = [add_months(start, m) for m in range(months + 1)]
-    days = [Decimal((end - begin).days) for begin, end in itertools.pairwise(bounds)]
-    shares = split_in_proportion(amount, days)
-    return [(date.fromordinal(end.date().toordinal() - 1), share)
-            for end, share in zip(bounds[1:], shares, strict=True)]  # fmt: skip

@@ -75,10 +75,14 @@ def trial_balance(engine: Engine, through: str | None = None) -> list[Row]:
 
 def deferred_revenue_waterfall(engine: Engine) -> list[Row]:
     """Per currency and period: deferred revenue at the start, billed into it, recognized out of
-    it, reversed (write-offs and credits), and at the end."""
+    it, reversed (write-offs and credits), and at the end. At the end it is also split per deal
+    (ASC 606 nets each contract on its own): deals billed ahead of revenue owe service (a contract
+    liability), deals whose revenue ran ahead of billing are owed the difference (a contract
+    asset, which recognition by obligation can create, e.g. for onboarding billed below its SSP)."""
     moves: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(
         lambda: {"billed": ZERO, "recognized": ZERO, "reversed": ZERO}
     )
+    per_deal: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     by_entry: dict[int, list[JournalLine]] = defaultdict(list)
     entries: dict[int, JournalEntry] = {}
     for entry, line in _lines(engine):
@@ -88,33 +92,54 @@ def deferred_revenue_waterfall(engine: Engine) -> list[Row]:
     for entry_id, lines in by_entry.items():
         entry = entries[entry_id]
         to_revenue = any(ln.account in OBLIGATIONS and ln.credit > 0 for ln in lines)
+        invoiced = any(ln.account == ACCOUNTS_RECEIVABLE and ln.debit > 0 for ln in lines)
         for line in lines:
             if line.account != DEFERRED_REVENUE:
                 continue
             move = moves[(entry.currency, entry.period)]
-            move["billed"] += line.credit
-            move["recognized" if to_revenue else "reversed"] += line.debit
+            if invoiced:
+                move["billed"] += line.credit - line.debit
+            elif to_revenue:
+                move["recognized"] += line.debit - line.credit
+            else:  # write-offs, proration credits, a contract asset written off
+                move["reversed"] += line.debit - line.credit
+            per_deal[(entry.currency, entry.period)][entry.deal_id] += line.credit - line.debit
     rows: list[Row] = []
     balance: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    deals: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for (currency, period), move in sorted(moves.items()):
         opening = balance[currency]
         closing = opening + move["billed"] - move["recognized"] - move["reversed"]
         balance[currency] = closing
+        for deal_id, change in per_deal[(currency, period)].items():
+            deals[currency][deal_id] += change
+        liability = sum((b for b in deals[currency].values() if b > 0), ZERO)
+        asset = -sum((b for b in deals[currency].values() if b < 0), ZERO)
         rows.append({"currency": currency, "period": period, "opening": opening, **move,
-                     "closing": closing})  # fmt: skip
+                     "closing": closing, "contract_liabilities": liability,
+                     "contract_assets": asset})  # fmt: skip
     return rows
 
 
 def revenue_by_obligation(engine: Engine) -> list[Row]:
-    """Per currency, period and performance obligation (revenue account): what was recognized."""
-    amounts: dict[tuple[str, str, str], Decimal] = defaultdict(lambda: ZERO)
+    """Per currency, period and performance obligation: what was recognized. Deals recognized by
+    obligation name it (the product, from the posting's key); the others, and income outside
+    any obligation, show the revenue account's."""
+    amounts: dict[tuple[str, str, str, str], Decimal] = defaultdict(lambda: ZERO)
     for entry, line in _lines(engine):
         if line.account in OBLIGATIONS:
-            amounts[(entry.currency, entry.period, line.account)] += line.credit - line.debit
+            obligation = OBLIGATIONS[line.account]
+            prefix = f"{entry.deal_id}:recognize:"  # then month-3:PLATFORM, or month-3 alone
+            which = entry.entry_key.removeprefix(prefix).split(":")
+            if entry.entry_key.startswith(prefix) and len(which) == 2:
+                obligation = which[1]
+            amounts[(entry.currency, entry.period, line.account, obligation)] += (
+                line.credit - line.debit
+            )
     return [
         {"currency": currency, "period": period, "account": account,
-         "obligation": OBLIGATIONS[account], "recognized": amount}
-        for (currency, period, account), amount in sorted(amounts.items())
+         "obligation": obligation, "recognized": amount}
+        for (currency, period, account, obligation), amount in sorted(amounts.items())
     ]  # fmt: skip
 
 

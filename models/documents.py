@@ -8,9 +8,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, computed_field, model_validator
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 from models.cash import Allocation
+from models.contract_terms import ContractTerms
 from models.deal import LeadInput
 from models.signals import BillingPeriod, SubmitQuote
 
@@ -177,12 +178,17 @@ class ContractRequest(BaseModel):
     quote: Quote
     issued_at: datetime
     payment_terms_days: int
+    # The clauses (config/clauses.toml) and their payment terms, which then replace the field
+    # above. None: a contract of before clauses, rendered as it always was.
+    terms: ContractTerms | None = None
+    revision: int = Field(default=0, ge=0)  # 0: the first contract; +1 per accepted redline
 
 
 class ContractDocument(BaseModel):
     contract_id: str
     version: int
     document_sha256: str
+    revision: int = 0
 
 
 class SignatureRecord(BaseModel):
@@ -435,8 +441,8 @@ class NurtureTouch(BaseModel):
 
 class RevenueRecognition(BaseModel):
     deal_id: str
-    key: str  # natural key of the posting within the deal, e.g. "month-3" or "onboarding"
-    stream: Literal["subscription", "services"]
+    key: str  # natural key of the posting within the deal, e.g. "month-3:PLATFORM"
+    stream: Literal["subscription", "services", "usage"]
     amount: Decimal
     currency: str
     recognized_at: datetime

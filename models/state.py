@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from models.deal import DealPolicy, LeadInput, Stage
 from models.documents import InvoiceLinePlan, Quote
+from models.revenue import ObligationSchedule
 from models.signals import CardOnFile
 
 InvoiceStatus = Literal["draft", "open", "paid", "void", "uncollectible", "disputed"]
@@ -144,6 +145,9 @@ class DealState(BaseModel):
     recognition_schedule: dict[int, Decimal] = Field(default_factory=dict)
     pending_adjustments: list[PendingProration] = Field(default_factory=list)
     quantity_changes: int = 0
+    # Revenue recognition by performance obligation (deals signed since it exists; earlier ones
+    # recognize as billed, by `recognition_schedule`): each obligation's schedule.
+    revenue_schedules: list[ObligationSchedule] = Field(default_factory=list)
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
     # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'

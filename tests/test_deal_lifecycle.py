@@ -20,6 +20,7 @@ from l2c.journal import (
     DEFERRED_REVENUE,
     REVENUE_SERVICES,
     REVENUE_SUBSCRIPTION,
+    REVENUE_USAGE,
 )
 from l2c.mailcatcher import MailCatcher
 from l2c.runtime import start_deal
@@ -98,8 +99,12 @@ async def test_twelve_month_monthly_subscription_from_lead_to_won(
     assert balances[CASH] == quote.net_total
     assert balances[ACCOUNTS_RECEIVABLE] == ZERO
     assert balances[DEFERRED_REVENUE] == ZERO
-    assert -balances[REVENUE_SUBSCRIPTION] == Decimal("1296.25") * 12
-    assert -balances[REVENUE_SERVICES] == Decimal("2125.00")
+    # Revenue follows the obligations, not the invoice lines: the net 17,680.00 allocated by
+    # standalone selling price (config/ssp.toml), 25 x 45.00 x 12 = 13,500.00 for the seats,
+    # 3,000.00 for onboarding, 150 x 1.80 x 12 = 3,240.00 for the calls: 19,740.00 in all.
+    assert -balances[REVENUE_SUBSCRIPTION] == Decimal("12091.19")  # 17,680 x 13,500 / 19,740
+    assert -balances[REVENUE_SERVICES] == Decimal("2686.93")  # x 3,000 / 19,740 (billed 2,125)
+    assert -balances[REVENUE_USAGE] == Decimal("2901.88")  # x 3,240 / 19,740, to the cent left
     with Session(sqlite_ledger) as session:
         lead = session.exec(select(Lead).where(Lead.deal_id == handle.id)).one()
         assert lead.status == "won"
@@ -245,11 +250,12 @@ async def test_unpaid_invoice_is_dunned_and_written_off(
 
     # Written off 90 days after activation (due +60): onboarding and months 1-2 (days 31 and 62)
     # were delivered and went unpaid (bad debt); the 10 undelivered months are reversed out of
-    # deferred revenue.
+    # deferred revenue. Revenue follows the 8,500.00 allocated by SSP (5,400.00 : 3,000.00):
+    # 3,035.71 for onboarding, 5,464.29 for the seats, 455.36 in each of months 1 and 2.
     balances = account_balances(sqlite_ledger, handle.id)
     assert balances[ACCOUNTS_RECEIVABLE] == ZERO
     assert balances[DEFERRED_REVENUE] == ZERO
-    assert balances[BAD_DEBT_EXPENSE] == Decimal("2500.00") + Decimal("500.00") * 2
+    assert balances[BAD_DEBT_EXPENSE] == Decimal("3035.71") + Decimal("455.36") * 2
     with Session(sqlite_ledger) as session:
         row = session.get(InvoiceRecord, invoice.number)
         assert row is not None and row.status == "uncollectible"

@@ -1,6 +1,7 @@
 """Revenue recognition rules (ASC 606 / IFRS 15): allocation of the transaction price by relative
 standalone selling price, and ratable schedules by day."""
 
+import itertools
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -13,9 +14,10 @@ from l2c.config import BusinessRules, ConfigError, SspTable, load_business_rules
 from l2c.drill import drill_config
 from l2c.journal import period_of
 from l2c.pricing import price_quote
-from l2c.recognition import ratable_schedule
+from models.calendar import add_months
 from models.documents import QuoteRequest
 from models.money import ZERO, split_in_proportion
+from models.revenue import modify_prospectively, obligation_schedules, split_by_time
 from models.signals import SubmitQuote
 
 CENT = Decimal("0.01")
@@ -102,17 +104,56 @@ def test_allocation_adds_up_and_is_within_a_cent_of_relative_ssp(
     start=st.datetimes(datetime(2020, 1, 1), datetime(2035, 12, 31), timezones=st.just(UTC)),
     months=st.integers(1, 120),
 )
-def test_a_ratable_schedule_adds_up_by_day(cents: int, start: datetime, months: int) -> None:
+def test_a_ratable_split_adds_up_by_day(cents: int, start: datetime, months: int) -> None:
     amount = Decimal(cents) / 100
-    schedule = ratable_schedule(amount, start, months)
-    assert len(schedule) == months
-    assert sum((part for _, part in schedule), ZERO) == amount
-    days = [(end.toordinal() + 1) for end, _ in schedule]
-    total_days = days[-1] - start.date().toordinal()
-    begin = start.date().toordinal()
-    for (_, part), end in zip(schedule, days, strict=True):
-        assert abs(part - amount * (end - begin) / total_days) < CENT
-        begin = end
+    bounds = [add_months(start, m) for m in range(months + 1)]
+    shares = split_by_time(amount, bounds)
+    assert len(shares) == months
+    assert sum(shares, ZERO) == amount
+    total_days = (bounds[-1] - bounds[0]).days
+    for share, (begin, end) in zip(shares, itertools.pairwise(bounds), strict=True):
+        assert abs(share - amount * (end - begin).days / total_days) < CENT
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    term=st.integers(1, 60),
+    seats=st.integers(1, 500),
+    discount=st.integers(0, 30),
+    data=st.data(),
+)
+def test_each_obligation_s_schedule_sums_to_its_allocation_through_modifications(
+    rules: BusinessRules, term: int, seats: int, discount: int, data: st.DataObject
+) -> None:
+    request = quote(rules, term_months=term, discount_percent=str(discount),
+                    lines=[{"sku": "PLATFORM", "quantity": seats}, {"sku": "ONBOARDING", "quantity": 1}])  # fmt: skip
+    priced = price_quote(rules.catalog, rules.approvals, request, rules.ssp).quote
+    assert priced is not None
+    start = datetime(2026, 1, 31, 9, tzinfo=UTC)
+    month_ends = [add_months(start, m) for m in range(term + 1)]
+    schedules = obligation_schedules(priced, month_ends)
+    assert [s.sku for s in schedules] == ["PLATFORM", "ONBOARDING"]
+    assert sum((s.allocated for s in schedules), ZERO) == priced.net_total
+    for schedule in schedules:
+        assert sum(schedule.months.values(), ZERO) == schedule.allocated
+    seats_line = schedules[0]
+    assert sorted(seats_line.months) == list(range(1, term + 1))
+    assert schedules[1].months == {0: schedules[1].allocated}  # at provisioning
+    # Seat changes later in the term: recognized months stay, the rest plus the change re-spread.
+    for _ in range(data.draw(st.integers(0, 3))):
+        after = data.draw(st.integers(0, term - 1))
+        still = sum((v for m, v in seats_line.months.items() if m > after), ZERO)
+        added = Decimal(data.draw(st.integers(-int(still * 100), 10**7))) / 100
+        before = {m: v for m, v in seats_line.months.items() if m <= after}
+        allocated = seats_line.allocated
+        modify_prospectively(seats_line, added, after, month_ends)
+        assert {m: v for m, v in seats_line.months.items() if m <= after} == before
+        assert seats_line.allocated == allocated + added
+        assert sum(seats_line.months.values(), ZERO) == seats_line.allocated
+    with pytest.raises(ValueError, match="still to recognize"):
+        modify_prospectively(seats_line, -seats_line.allocated - CENT, 0, month_ends)
+    with pytest.raises(ValueError, match="term is over"):
+        modify_prospectively(seats_line, CENT, term, month_ends)
 
 
 def test_a_split_refuses_what_it_could_not_add_up_exactly() -> None:
@@ -123,6 +164,4 @@ def test_a_split_refuses_what_it_could_not_add_up_exactly() -> None:
                            (Decimal("1.00"), [Decimal(0)])]:  # fmt: skip
         with pytest.raises(ValueError):
             split_in_proportion(total, weights)
-    with pytest.raises(ValueError, match="at least one month"):
-        ratable_schedule(Decimal("1.00"), datetime(2026, 1, 1, tzinfo=UTC), 0)
     assert period_of(datetime(2026, 1, 31, 23, 30)) == "2026-01"  # no time zone: UTC

@@ -12,7 +12,14 @@ from temporalio.testing import WorkflowEnvironment
 from activities.billing import BillingActivities
 from l2c.config import BusinessRules, ConfigError, Settings, TaxTable, load_business_rules
 from l2c.drill import drill_config
-from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, REVENUE_SUBSCRIPTION, SALES_CREDITS, TAX_PAYABLE
+from l2c.journal import (
+    ACCOUNTS_RECEIVABLE,
+    CASH,
+    REVENUE_SERVICES,
+    REVENUE_SUBSCRIPTION,
+    SALES_CREDITS,
+    TAX_PAYABLE,
+)
 from l2c.ledger_check import check_ledger
 from l2c.mail import Mailer
 from models.deal import Stage
@@ -64,7 +71,10 @@ async def test_a_uk_customer_pays_vat_on_each_line_and_a_credit_note_takes_its_s
     assert balances.get(ACCOUNTS_RECEIVABLE, ZERO) == ZERO
     assert -balances[TAX_PAYABLE] == Decimal("480.00") - Decimal("20.00")  # 120 gross = 100 + 20
     assert balances[SALES_CREDITS] == Decimal("100.00")
-    assert -balances[REVENUE_SUBSCRIPTION] == Decimal("400.00")
+    # The 2,400.00 net, allocated by standalone selling price (GBP 36.00 a seat, 2,400.00
+    # onboarding): 2,400 x 360 / 2,760 to the seats, though they were billed at 400.00.
+    assert -balances[REVENUE_SUBSCRIPTION] == Decimal("313.04")
+    assert -balances[REVENUE_SERVICES] == Decimal("2086.96")
     assert check_ledger(sqlite_ledger) == []
 
 

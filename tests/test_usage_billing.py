@@ -98,7 +98,9 @@ async def test_usage_above_the_commitment_is_billed_in_arrears_late_events_inclu
     usage_billed = Decimal("75.00") + Decimal("15.00") + Decimal("1550.00")
     assert final.revenue_recognized == Decimal("700.00") * 3 + usage_billed
     balances = account_balances(sqlite_ledger, handle.id)
-    assert -balances[REVENUE_USAGE] == usage_billed
+    # The commitment's share of the price (by SSP: 100 x 1.80 against 10 x 45.00, so 600.00 of
+    # the 2,100.00) ratably, and usage above it as billed.
+    assert -balances[REVENUE_USAGE] == Decimal("600.00") + usage_billed
     assert balances[ACCOUNTS_RECEIVABLE] == ZERO
     assert balances[DEFERRED_REVENUE] == ZERO
     assert check_ledger(sqlite_ledger) == []

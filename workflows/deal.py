@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         WriteOffRequest,
     )
     from models.money import ZERO
+    from models.revenue import RevenueStream, modify_prospectively, obligation_schedules
     from models.search import DEAL_AMOUNT, DEAL_OWNER, DEAL_STAGE
     from models.signals import (
         ApproveDiscount,
@@ -133,6 +134,10 @@ APPROVAL_MATRIX = "approval-matrix"
 
 # Version marker: payments spread over open invoices, overpayments held as customer credit.
 CASH_APPLICATION = "cash-application"
+
+# Version marker: revenue recognized per performance obligation, on schedules of the transaction
+# price allocated by relative standalone selling price, rather than as each invoice is delivered.
+OBLIGATION_RECOGNITION = "recognition-by-obligation"
 
 # Credit note references the deal itself uses; refused from people.
 EARLY_PAYMENT_PREFIX = "early-payment:"
@@ -555,6 +560,10 @@ class DealWorkflow:
                 and all(line.usage_tiers is not None for line in usage_lines)
                 and workflow.patched(USAGE_IN_ARREARS)
             )
+            if quote.obligations and workflow.patched(OBLIGATION_RECOGNITION):
+                self.deal.revenue_schedules = obligation_schedules(
+                    quote, self._month_ends(activated_at, quote.term_months)
+                )
         else:
             first_month, bills_usage = self._resume.next_month, self._resume.bills_usage
             self._seed_recognition(quote, first_month)
@@ -578,8 +587,10 @@ class DealWorkflow:
             period = next((p for p in plan.billing_plan if p.start_month == month), None)
             if period is not None or (bills_usage and month > 0) or self.deal.pending_adjustments:
                 await self.issue_invoice(plan, month, period, activated_at, bills_usage)
-            if month == 0 and quote.one_time_net > 0:
-                # Point in time: the one-time service is delivered once provisioning completes.
+            if month == 0 and self.deal.revenue_schedules:
+                # Point in time: one-time services are delivered once provisioning completes.
+                await self.recognize_obligations(0)
+            elif month == 0 and quote.one_time_net > 0:
                 self._billing_step_running = True
                 await self.recognize("onboarding", "services", quote.one_time_net, quote.currency)
                 self._billing_step_running = False
@@ -592,6 +603,11 @@ class DealWorkflow:
             )
             if workflow.now() < month_end:
                 break  # written off before this month was delivered
+            if self.deal.revenue_schedules:
+                self._recognized_through = month + 1
+                await self.recognize_obligations(month + 1)
+                self._month_end_due = None
+                continue
             # What this month delivered: its share of the period billed for it, and of prorations.
             delivered = self.deal.recognition_schedule.pop(month + 1, ZERO)
             self._recognized_through = month + 1  # a change from now on spreads over later months
@@ -628,10 +644,16 @@ class DealWorkflow:
         left in the period under way, billed in the earlier run, are recognized as before."""
         if self.deal.recognition_schedule or self.deal.quantity_changes:
             return
+        if self.deal.revenue_schedules:
+            return  # recognized by obligation, whatever was billed
         for period in quote.billing_plan:
             if period.start_month < first_month < period.start_month + period.months:
                 for month in range(first_month + 1, period.start_month + period.months + 1):
                     self.deal.recognition_schedule[month] = quote.monthly_recurring_net
+
+    def _month_ends(self, activated_at: datetime, term_months: int) -> list[datetime]:
+        """Activation and the end of each month of the term, as the deal's timers count them."""
+        return [self.policy.months_after(activated_at, m) for m in range(term_months + 1)]
 
     def _invoiced(self, period_index: int) -> bool:
         return any(invoice.period_index == period_index for invoice in self.deal.invoices)
@@ -747,19 +769,9 @@ class DealWorkflow:
             issued, due_at = await self.finalize_after_review(issued, period, billing_month)
         billed = self.deal.pending_adjustments[: len(adjustments)]
         del self.deal.pending_adjustments[: len(adjustments)]
-        schedule = self.deal.recognition_schedule
-        if period is not None:  # each month of the period is recognized at its end
-            for month in range(period.start_month + 1, period.start_month + period.months + 1):
-                schedule[month] = schedule.get(month, ZERO) + quote.monthly_recurring_net
-        # A proration is revenue once billed: the months it covered that already ended now (below,
-        # once the invoice is in the deal's view), the rest at their month ends. Never billed (a
-        # write-off first), never recognized.
-        delivered: list[tuple[int, Decimal]] = []
-        for pending in billed:
-            for month, part in pending.recognition.items():
-                schedule[month] = schedule.get(month, ZERO) + part
-            ended = [m for m in schedule if m <= self._recognized_through]
-            delivered.append((pending.change, sum((schedule.pop(m) for m in ended), ZERO)))
+        # Deals recognizing by obligation follow their schedules, whatever is billed.
+        delivered = [] if self.deal.revenue_schedules else self._schedule_as_billed(
+            quote, period, billed)  # fmt: skip
         if issued is None:
             return  # usage within the commitment and no period starting: nothing to bill
         # Usage billed in arrears was delivered: it is revenue as soon as it is invoiced.
@@ -782,6 +794,25 @@ class DealWorkflow:
                 self._billing_step_running = True  # a write-off waits for it
                 await self.recognize(f"proration-{change}", "subscription", amount, quote.currency)
                 self._billing_step_running = False
+
+    def _schedule_as_billed(
+        self, quote: Quote, period: BillingPeriodPlan | None, billed: list[PendingProration]
+    ) -> list[tuple[int, Decimal]]:
+        """Revenue recognized as billed (deals from before recognition by obligation): each month
+        of a period at its end. A proration is revenue once billed: the months it covered that
+        already ended now (the parts returned, by quantity change), the rest at their month ends.
+        Never billed (a write-off first), never recognized."""
+        schedule = self.deal.recognition_schedule
+        if period is not None:
+            for month in range(period.start_month + 1, period.start_month + period.months + 1):
+                schedule[month] = schedule.get(month, ZERO) + quote.monthly_recurring_net
+        delivered: list[tuple[int, Decimal]] = []
+        for pending in billed:
+            for month, part in pending.recognition.items():
+                schedule[month] = schedule.get(month, ZERO) + part
+            ended = [m for m in schedule if m <= self._recognized_through]
+            delivered.append((pending.change, sum((schedule.pop(m) for m in ended), ZERO)))
+        return delivered
 
     async def finalize_after_review(
         self, draft: IssuedInvoice, period: BillingPeriodPlan | None, billing_month: int
@@ -1114,7 +1145,7 @@ class DealWorkflow:
         )
 
     async def recognize(
-        self, key: str, stream: Literal["subscription", "services"], amount: Decimal, currency: str
+        self, key: str, stream: RevenueStream, amount: Decimal, currency: str, memo: str = ""
     ) -> None:
         await self._call(
             RevenueActivities.recognize_revenue,
@@ -1125,11 +1156,33 @@ class DealWorkflow:
                 amount=amount,
                 currency=currency,
                 recognized_at=workflow.now(),
-                memo=f"Revenue recognized: {key}",
+                memo=memo or f"Revenue recognized: {key}",
             ),
             f"recognize revenue {key}",
         )
         self.deal.revenue_recognized += amount
+
+    async def recognize_obligations(self, month_end: int) -> None:
+        """Each performance obligation's revenue due at this month end (0: provisioning
+        completed): Dr deferred revenue, Cr its revenue account, one entry per obligation."""
+        currency = self._signed_quote().currency
+        self._billing_step_running = True  # a write-off waits for it
+        for schedule in self.deal.revenue_schedules:
+            amount = schedule.months.get(month_end, ZERO)
+            if amount == 0:
+                schedule.months.pop(month_end, None)
+                continue
+            key = (
+                f"provisioning:{schedule.sku}"
+                if month_end == 0
+                else f"month-{month_end}:{schedule.sku}"
+            )
+            when = "at provisioning" if month_end == 0 else f"month {month_end}"
+            await self.recognize(key, schedule.stream, amount, currency,
+                                 f"Revenue recognized: {schedule.sku} ({schedule.stream}), {when}")  # fmt: skip
+            del schedule.months[month_end]
+            schedule.recognized += amount
+        self._billing_step_running = False
 
     async def close(self, stage: Stage, reason: str) -> None:
         # Let payment handlers finish their ledger postings before the deal closes.
@@ -1644,6 +1697,8 @@ class DealWorkflow:
         self.deal.current_plan = changed.quote
         self.deal.quantity_changes += 1
         amount = changed.proration
+        if self.deal.revenue_schedules:
+            self._modify_prospectively(change.sku, plan, changed, period)
         self._record("quantity_changed", change.by,
                      f"{change.sku} {line.quantity} -> {change.quantity}; proration {amount} "
                      f"{plan.currency} for {remaining:.4f} of the period")  # fmt: skip
@@ -1659,7 +1714,8 @@ class DealWorkflow:
             # Credited at once, so the months left in the period recognize less from now on.
             schedule = self.deal.recognition_schedule
             for month, part in changed.recognition.items():
-                schedule[month] = schedule.get(month, ZERO) + part
+                if not self.deal.revenue_schedules:
+                    schedule[month] = schedule.get(month, ZERO) + part
             self.deal.customer_credit += -amount
             self._refresh_balance()
             await self._post(
@@ -1674,6 +1730,27 @@ class DealWorkflow:
                 f"credit proration {self.deal.quantity_changes}",
             )
             await self._apply_held_credit()
+
+    def _modify_prospectively(
+        self, sku: str, before: Quote, changed: QuantityChanged, period: BillingPeriodPlan
+    ) -> None:
+        """A quantity change is a contract modification, accounted for prospectively: the
+        consideration it adds (the proration and the change in every later period's billing) and
+        what the obligation has not yet recognized are spread over the rest of the term."""
+        later_periods = sum(
+            (new.amount - old.amount
+             for old, new in zip(before.billing_plan, changed.quote.billing_plan, strict=True)
+             if old.start_month > period.start_month),
+            ZERO,
+        )  # fmt: skip
+        schedule = next(s for s in self.deal.revenue_schedules if s.sku == sku)
+        activated_at = self.deal.activated_at
+        assert activated_at is not None
+        modify_prospectively(schedule, changed.proration + later_periods, self._recognized_through,
+                             self._month_ends(activated_at, before.term_months))  # fmt: skip
+        self._record("contract_modified", "revenue",
+                     f"{sku}: {changed.proration + later_periods:+} {before.currency} allocated, "
+                     f"{schedule.allocated} in all, recognized over the months left")  # fmt: skip
 
     @workflow.signal(
         description="A customer disputes an invoice: a chargeback of a card payment (with "

@@ -1,0 +1,90 @@
+"""Revenue schedules per performance obligation (ASC 606 / IFRS 15): pure and deterministic, so
+the deal workflow keeps them and an auditor can recompute them."""
+
+import itertools
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel
+
+from models.documents import Quote
+from models.money import ZERO, split_in_proportion
+
+RevenueStream = Literal["subscription", "services", "usage"]
+
+# The revenue stream (and so the revenue account) of each kind of quote line.
+STREAM_OF_LINE_KIND: dict[str, RevenueStream] = {
+    "recurring": "subscription",
+    "one_time": "services",
+    "usage": "usage",
+}
+
+
+class ObligationSchedule(BaseModel):
+    """What a performance obligation recognizes at each month end of the term (1-based; 0 is
+    the moment provisioning completes), and what it has recognized so far. The amounts still to
+    come plus `recognized` always add up to `allocated`."""
+
+    sku: str
+    stream: RevenueStream
+    allocated: Decimal  # its share of the transaction price, plus the modifications since
+    months: dict[int, Decimal]  # month end -> amount still to recognize then
+    recognized: Decimal = ZERO
+    modifications: int = 0  # contract modifications that re-spread it
+
+
+def obligation_schedules(quote: Quote, month_ends: list[datetime]) -> list[ObligationSchedule]:
+    """The revenue schedule of each obligation of a signed quote: ratable ones over the term by
+    day (`month_ends`: activation, then the end of each month of the term, as the deal counts
+    them), one-time services in full once provisioning completes."""
+    kinds = {line.sku: line.kind for line in quote.lines}
+    schedules = []
+    for obligation in quote.obligations:
+        if obligation.recognition == "at_provisioning":
+            months = {0: obligation.allocated}
+        else:
+            shares = split_by_time(obligation.allocated, month_ends)
+            months = {n: share for n, share in enumerate(shares, start=1)}
+        schedules.append(
+            ObligationSchedule(
+                sku=obligation.sku,
+                stream=STREAM_OF_LINE_KIND[kinds[obligation.sku]],
+                allocated=obligation.allocated,
+                months=months,
+            )
+        )
+    return schedules
+
+
+def modify_prospectively(
+    schedule: ObligationSchedule, added: Decimal, after_month: int, month_ends: list[datetime]
+) -> None:
+    """A contract modification accounted for prospectively: what the obligation has not yet
+    recognized, plus the consideration the change adds (negative when it takes some away), is
+    spread by day over the month ends after `after_month` (`month_ends` as for
+    obligation_schedules). What was recognized stays."""
+    remaining = sum((v for m, v in schedule.months.items() if m > after_month), ZERO)
+    total = remaining + added
+    if total < 0:
+        raise ValueError(
+            f"{schedule.sku}: the change takes away {-added}, more than the {remaining} "
+            "still to recognize"
+        )
+    later = month_ends[after_month:]
+    if len(later) < 2:
+        raise ValueError(f"{schedule.sku}: the term is over, no month is left to recognize in")
+    kept = {m: v for m, v in schedule.months.items() if m <= after_month}
+    shares = split_by_time(total, later)
+    schedule.months = kept | {after_month + n: s for n, s in enumerate(shares, start=1)}
+    schedule.allocated += added
+    schedule.modifications += 1
+
+
+def split_by_time(amount: Decimal, bounds: list[datetime]) -> list[Decimal]:
+    """`amount` split over the spans between consecutive `bounds` in proportion to their length
+    (in seconds: a compressed demo month is shorter than a day), to the cent, adding up."""
+    spans = [
+        Decimal(int((end - begin).total_seconds())) for begin, end in itertools.pairwise(bounds)
+    ]
+    return split_in_proportion(amount, spans)
