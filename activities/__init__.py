@@ -34,6 +34,7 @@ def build_activities(
         quotes.price_quote,
         quotes.escalate_approval,
         quotes.render_contract,
+        quotes.review_redline,
         quotes.record_signature,
         fulfilment.provision_order,
         fulfilment.set_entitlements_active,

@@ -7,11 +7,13 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from l2c.clauses import InvalidRedline, apply_redline, render_clauses
 from l2c.config import BusinessRules
 from l2c.documents import render, render_email, sha256_hex
 from l2c.mail import Mailer
 from l2c.price_books import PriceBooks
 from l2c.pricing import price_quote
+from models.contract_terms import RedlineRequest, RedlineReview
 from models.documents import (
     ApprovalRequirement,
     ContractDocument,
@@ -142,16 +144,22 @@ class QuoteActivities:
 
     @activity.defn
     def render_contract(self, request: ContractRequest) -> ContractDocument:
-        """Render the order form for the quote; the same request always yields the same hash."""
+        """Render the order form for the quote (with its clauses, when it has terms); the same
+        request always yields the same hash. Each revision is a contract of its own."""
         version = request.quote.version
         contract_id = f"{request.deal_id}-C{version}"
+        if request.revision:
+            contract_id += f"-R{request.revision}"
+        terms = request.terms
+        payment_days = request.payment_terms_days if terms is None else terms.payment_terms_days
         html = render(
             "contract.html",
             contract_id=contract_id,
             lead=request.lead,
             quote=request.quote,
             issued_at=request.issued_at,
-            payment_terms_days=request.payment_terms_days,
+            payment_terms_days=payment_days,
+            clauses=[] if terms is None else render_clauses(self._rules.clauses, terms),
         )
         digest = sha256_hex(html)
         with Session(self._engine) as session:
@@ -173,7 +181,31 @@ class QuoteActivities:
                 # The template changed between attempts: the stored document is the one that was
                 # (or may have been) sent, so it stays authoritative.
                 digest = existing.document_sha256
-        return ContractDocument(contract_id=contract_id, version=version, document_sha256=digest)
+        return ContractDocument(contract_id=contract_id, version=version, document_sha256=digest,
+                                revision=request.revision)  # fmt: skip
+
+    @activity.defn
+    def review_redline(self, request: RedlineRequest) -> RedlineReview:
+        """A customer's redline checked against the clause library: the terms it makes, or the
+        reason it is refused (returned, not raised: a person's mistake never fails the deal).
+        Risky changes go to legal, due within its SLA in business hours."""
+        library = self._rules.clauses
+        proposal = request.proposal
+        try:
+            terms, risks, changed = apply_redline(library, request.current, proposal,
+                                                  current_revision=request.revision)  # fmt: skip
+        except InvalidRedline as err:
+            return RedlineReview(refused=str(err))
+        review = RedlineReview(terms=terms, risks=risks, changed=changed)
+        if not risks:
+            return review
+        reviewers = library.reviewers(excluded={proposal.proposed_by})
+        if not reviewers:  # nobody could ever decide it: the deal would wait for nothing
+            return RedlineReview(refused=f"it needs legal review, and {proposal.proposed_by} is "
+                                         "the only legal reviewer: another must propose it")  # fmt: skip
+        due = self._rules.approvals.escalation.due(request.requested_at,
+                                                   library.legal.sla_business_hours)  # fmt: skip
+        return review.model_copy(update={"legal_reviewers": reviewers, "legal_due_at": due})
 
     @activity.defn
     def record_signature(self, signature: SignatureRecord) -> None:

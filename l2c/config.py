@@ -12,9 +12,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.calendar import add_business_hours
+from models.contract_terms import CLAUSE_FIELDS, AutoRenewal, FeesMultiple, Percent, Uncapped
 from models.deal import TASK_QUEUE, ActivityTiming, DealPolicy, LeadInput
 from models.validation import explain
 
@@ -185,10 +197,11 @@ class Escalation(_Strict):
     day_end: time = time(17)
     workdays: list[int] = Field(default=[1, 2, 3, 4, 5], min_length=1)
 
-    def due(self, start: datetime) -> datetime:
-        """When an approval asked for at `start` is escalated."""
-        return add_business_hours(start, self.sla_business_hours, self.day_start, self.day_end,
-                                  frozenset(self.workdays))  # fmt: skip
+    def due(self, start: datetime, hours: float | None = None) -> datetime:
+        """When an approval asked for at `start` is escalated; with `hours`, when that many
+        business hours of this calendar have passed (legal's review SLA counts on it too)."""
+        return add_business_hours(start, self.sla_business_hours if hours is None else hours,
+                                  self.day_start, self.day_end, frozenset(self.workdays))  # fmt: skip
 
     @model_validator(mode="after")
     def _a_working_day(self) -> "Escalation":
@@ -433,12 +446,176 @@ class SspTable(_Strict):
         return self.prices.get(sku, {}).get(currency)
 
 
+# ---------------------------------------------------------------- contract clauses
+
+# Clause texts are written by legal, not by programmers: sandboxed, and a name other than
+# `value` is an error rather than a blank in a contract. Plain text: the contract template
+# escapes it into HTML.
+_CLAUSE_TEXT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+class _Clause(_Strict):
+    """A clause of config/clauses.toml: its heading, its text (a jinja2 snippet rendering
+    {{ value }}) and whether a redline may strike it out. Each kind adds its type, standard
+    value, limits and the thresholds of its risk rule."""
+
+    title: str = Field(min_length=1, max_length=100)
+    text: str = Field(min_length=1, max_length=4000)
+    removable: bool = False
+
+    @field_validator("text")
+    @classmethod
+    def _compiles(cls, text: str) -> str:
+        try:
+            parsed = _CLAUSE_TEXT.parse(text)
+        except TemplateSyntaxError as err:
+            raise ValueError(f"the jinja2 snippet does not compile: {err.message} "
+                             f"(line {err.lineno})") from None  # fmt: skip
+        unknown = sorted(meta.find_undeclared_variables(parsed) - {"value"})
+        if unknown:
+            raise ValueError(f"the snippet uses {', '.join(unknown)}: only value is defined")
+        return text
+
+    @cached_property
+    def template(self) -> Template:
+        return _CLAUSE_TEXT.from_string(self.text)
+
+
+class PaymentTermsClause(_Clause):
+    type: Literal["days"]
+    # Must equal policy.toml billing.payment_terms_days: one standard for invoices and contracts.
+    standard: StrictInt
+    min_days: int = Field(default=0, ge=0)
+    max_days: int = Field(default=120, ge=0, le=365)
+    review_above_days: int = Field(ge=0)
+
+
+class LiabilityCapClause(_Clause):
+    type: Literal["fees_multiple"]
+    standard: Uncapped | FeesMultiple
+    max_multiple: FeesMultiple = Decimal(10)
+    review_above_multiple: FeesMultiple
+    review_uncapped: bool = True  # uncapped, or the clause struck out
+
+
+class AutoRenewalClause(_Clause):
+    type: Literal["auto_renewal"]
+    standard: AutoRenewal
+    max_notice_days: int = Field(default=180, ge=0, le=365)
+    max_uplift_percent: Percent = Decimal(20)
+    review_if_off: bool = True  # disabled, or the clause struck out
+
+
+class TerminationClause(_Clause):
+    type: Literal["yes_no"]
+    standard: StrictBool
+    review_if_granted: bool = True
+
+
+class SlaCreditsClause(_Clause):
+    type: Literal["percent"]
+    standard: Percent
+    max_percent: Percent = Decimal(100)
+    review_above_percent: Percent
+    review_if_removed: bool = False
+
+
+class GoverningLawClause(_Clause):
+    type: Literal["choice"]
+    standard: str
+    choices: list[str] = Field(min_length=1)
+    accepted_without_review: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> "GoverningLawClause":
+        if len(set(self.choices)) != len(self.choices):
+            raise ValueError("a choice is listed twice")
+        unknown = [law for law in self.accepted_without_review if law not in self.choices]
+        if unknown:
+            raise ValueError(f"accepted_without_review names {', '.join(unknown)}: not a choice")
+        return self
+
+
+# A ContractTerms field that cannot be None: its clause is in every contract.
+_NEVER_REMOVED = ("payment_terms", "termination_for_convenience", "governing_law")
+
+
+class Clauses(_Strict):
+    payment_terms: PaymentTermsClause
+    liability_cap: LiabilityCapClause
+    auto_renewal: AutoRenewalClause
+    termination_for_convenience: TerminationClause
+    sla_credits: SlaCreditsClause
+    governing_law: GoverningLawClause
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_six(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            missing = [c for c in CLAUSE_FIELDS if c not in data]
+            unknown = [str(c) for c in data if c not in CLAUSE_FIELDS]
+            if missing or unknown:
+                raise ValueError(
+                    (f"clause {', '.join(missing)} missing" if missing else
+                     f"unknown clause {', '.join(unknown)}")
+                    + f"; the library has exactly these: {', '.join(CLAUSE_FIELDS)}"
+                )  # fmt: skip
+        return data
+
+    @model_validator(mode="after")
+    def _removable(self) -> "Clauses":
+        for clause in _NEVER_REMOVED:
+            if getattr(self, clause).removable:
+                raise ValueError(f"{clause}: removable must be false, every contract states it")
+        return self
+
+
+class LegalReviewer(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    email: str = Field(min_length=3, max_length=254)
+
+
+class LegalReview(_Strict):
+    """Who reviews a risky redline, and within how many business hours (on the working
+    calendar of approvers.toml [escalation])."""
+
+    sla_business_hours: float = Field(gt=0, le=1000)
+    reviewers: list[LegalReviewer] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _somebody(self) -> "LegalReview":
+        if not self.reviewers:
+            raise ValueError("no legal reviewers: a redline that needs review could never be "
+                             "decided")  # fmt: skip
+        names = [r.name for r in self.reviewers]
+        if len(names) != len(set(names)):
+            raise ValueError("a legal reviewer is listed twice")
+        return self
+
+
+class ClauseLibrary(_Strict):
+    """config/clauses.toml: the contract's clauses and legal's review of redlines."""
+
+    legal: LegalReview
+    clauses: Clauses
+
+    def clause(self, clause_id: str) -> _Clause:
+        """The clause `clause_id` (an id of CLAUSE_FIELDS)."""
+        clause: _Clause = getattr(self.clauses, clause_id)
+        return clause
+
+    def reviewers(self, excluded: set[str]) -> list[str]:
+        """Who may decide a redline in legal, but nobody in `excluded` (its proposer)."""
+        return [r.name for r in self.legal.reviewers if r.name not in excluded]
+
+
 class BusinessRules(BaseModel):
     catalog: Catalog
     approvals: ApprovalMatrix
     policy: PolicyConfig
     tax: TaxTable = TaxTable(rates={})
     ssp: SspTable = SspTable()
+    clauses: ClauseLibrary
 
 
 def _load_toml(path: Path, model: type[BaseModel]) -> Any:
@@ -457,12 +634,14 @@ def _load_toml(path: Path, model: type[BaseModel]) -> Any:
 def load_business_rules(config_dir: Path | None = None) -> BusinessRules:
     folder = config_dir or Settings.from_env().config_dir
     catalog: Catalog = _load_toml(folder / "catalog.toml", Catalog)
+    policy: PolicyConfig = _load_toml(folder / "policy.toml", PolicyConfig)
     return BusinessRules(
         catalog=catalog,
         approvals=_load_toml(folder / "approvers.toml", ApprovalMatrix),
-        policy=_load_toml(folder / "policy.toml", PolicyConfig),
+        policy=policy,
         tax=_load_toml(folder / "tax.toml", TaxTable),
         ssp=_load_ssp(folder / "ssp.toml", catalog),
+        clauses=_load_clauses(folder / "clauses.toml", policy),
     )
 
 
@@ -484,6 +663,23 @@ def _load_ssp(path: Path, catalog: Catalog) -> SspTable:
             raise ConfigError(f"{path}: {product.sku} has no standalone selling price in "
                               f"{', '.join(missing)}")  # fmt: skip
     return table
+
+
+def _load_clauses(path: Path, policy: PolicyConfig) -> ClauseLibrary:
+    """The clause library, each standard value within its clause's limits, rendering, and not
+    flagged by its own risk rules (a contract could not start without legal review)."""
+    from l2c.clauses import InvalidRedline, check_standard  # it reads the library's types
+
+    library: ClauseLibrary = _load_toml(path, ClauseLibrary)
+    try:
+        check_standard(library)
+    except InvalidRedline as err:
+        raise ConfigError(f"{path}: {err}") from None
+    payment = library.clauses.payment_terms.standard
+    if payment != policy.billing.payment_terms_days:
+        raise ConfigError(f"{path}: payment_terms standard {payment} is not policy.toml's "
+                          f"billing.payment_terms_days ({policy.billing.payment_terms_days})")  # fmt: skip
+    return library
 
 
 # ---------------------------------------------------------------- process settings

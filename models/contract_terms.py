@@ -1,0 +1,132 @@
+"""Contract terms: the values of the contract's clauses (config/clauses.toml), a customer's
+redlines of them, and legal's decision on a redline that needs review.
+
+These pass through the workflow sandbox and its history: pydantic and the standard library only.
+Decimals travel as JSON strings ("2", "12.5"), so terms round-trip exactly.
+"""
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints
+
+from models.signals import Name, Reason, Text, _Payload
+
+ClauseId = Literal[
+    "payment_terms",
+    "liability_cap",
+    "auto_renewal",
+    "termination_for_convenience",
+    "sla_credits",
+    "governing_law",
+]
+
+# Clause id -> the ContractTerms field holding its value, in the order the contract lists them.
+CLAUSE_FIELDS: dict[str, str] = {
+    "payment_terms": "payment_terms_days",
+    "liability_cap": "liability_cap",
+    "auto_renewal": "auto_renewal",
+    "termination_for_convenience": "termination_for_convenience",
+    "sla_credits": "sla_credits_percent",
+    "governing_law": "governing_law",
+}
+
+Percent = Annotated[Decimal, Field(ge=0, le=100, decimal_places=2)]
+# Liability cap: this many times the fees paid in the 12 months before the claim.
+FeesMultiple = Annotated[Decimal, Field(gt=0, le=1000, decimal_places=2)]
+Uncapped = Literal["uncapped"]
+
+
+class AutoRenewal(_Payload):
+    """The contract renews for another term unless either side gives notice this many days
+    before the term ends; the renewal term's prices rise by the uplift."""
+
+    # Strict: a redline's "no" or 60.5 is a mistake to refuse, not to coerce into a contract.
+    enabled: StrictBool
+    notice_days: StrictInt = Field(ge=0, le=365)
+    uplift_percent: Percent
+
+
+class ContractTerms(BaseModel):
+    """Every clause's value in one contract revision. None: the clause was struck out."""
+
+    payment_terms_days: int = Field(ge=0, le=365)
+    liability_cap: Uncapped | FeesMultiple | None
+    auto_renewal: AutoRenewal | None
+    termination_for_convenience: bool  # granted to the customer
+    sla_credits_percent: Percent | None  # of the monthly fee, per SLA breach
+    governing_law: str
+
+    def value(self, clause: str) -> Any:
+        """The value of clause `clause` (an id of CLAUSE_FIELDS)."""
+        return getattr(self, CLAUSE_FIELDS[clause])
+
+
+ClauseKey = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=60)]
+
+
+class ProposeTerms(_Payload):
+    """A customer's redline: new values for some clauses, others struck out. Each value is
+    checked against the clause library (config/clauses.toml), so the types here are loose.
+
+    Example (signal `propose_terms`):
+
+        {"proposed_by": "ada.lovelace",
+         "changes": {"payment_terms": 90, "liability_cap": "uncapped",
+                     "auto_renewal": {"enabled": false}},
+         "remove": ["sla_credits"],
+         "note": "our procurement policy",
+         "contract_version": 0}
+
+    `auto_renewal` changes are merged into the current value, so {"enabled": false} keeps the
+    notice days and uplift. `contract_version` is the contract revision the customer redlined
+    (0: the first contract; each accepted redline adds one); a stale one is refused.
+    """
+
+    proposed_by: Name
+    changes: dict[ClauseKey, Any] = Field(default_factory=dict, max_length=20)
+    remove: list[ClauseKey] = Field(default_factory=list, max_length=20)
+    note: Text = ""
+    contract_version: int | None = Field(default=None, ge=0)
+
+
+class ApproveTerms(_Payload):
+    """Legal accepts the redline under review."""
+
+    approver: Name
+    comment: Text = ""
+
+
+class RejectTerms(_Payload):
+    """Legal rejects the redline under review; the contract stays as it was."""
+
+    approver: Name
+    reason: Reason
+
+
+class TermsRisk(BaseModel):
+    """A clause value legal must review, and why."""
+
+    clause: str
+    reason: str
+
+
+class RedlineRequest(BaseModel):
+    deal_id: str
+    current: ContractTerms  # the terms of the contract revision in force
+    proposal: ProposeTerms
+    requested_at: datetime  # legal's review is due from here
+    revision: int = 0  # the current contract revision: a proposal naming another is stale
+
+
+class RedlineReview(BaseModel):
+    """Either the reason the redline is refused (nothing changes), or the terms it yields."""
+
+    refused: str | None = None
+    terms: ContractTerms | None = None
+    # The risks of the changed clauses only: the others were accepted with an earlier revision.
+    risks: list[TermsRisk] = []
+    changed: list[str] = []  # clause ids, in the contract's order
+    legal_reviewers: list[str] = []  # who may decide, the proposer excluded; empty: no risks
+    legal_due_at: datetime | None = None  # legal's decision is due by then
