@@ -35,6 +35,8 @@ def build_activities(
         quotes.escalate_approval,
         quotes.render_contract,
         quotes.review_redline,
+        quotes.remind_legal,
+        quotes.renew_quote,
         quotes.record_signature,
         fulfilment.provision_order,
         fulfilment.set_entitlements_active,

@@ -7,20 +7,23 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from l2c.clauses import InvalidRedline, apply_redline, render_clauses
+from l2c.clauses import InvalidRedline, apply_redline, render_clauses, standard_terms
 from l2c.config import BusinessRules
 from l2c.documents import render, render_email, sha256_hex
 from l2c.mail import Mailer
 from l2c.price_books import PriceBooks
-from l2c.pricing import price_quote
-from models.contract_terms import RedlineRequest, RedlineReview
+from l2c.pricing import QuoteRefused, price_quote, renewal_quote
+from l2c.recognition import MissingSsp
+from models.contract_terms import LegalReminder, RedlineRequest, RedlineReview
 from models.documents import (
     ApprovalRequirement,
     ContractDocument,
     ContractRequest,
     EscalationRequest,
+    Quote,
     QuotePricing,
     QuoteRequest,
+    RenewalRequest,
     SignatureRecord,
 )
 from models.ledger import ContractRecord, QuoteLineRecord, QuoteRecord
@@ -54,49 +57,70 @@ class QuoteActivities:
         quote = pricing.quote
         if quote is None:
             return pricing
-        quote_id = quote_id_for(request.deal_id, quote.version)
-        html = render("quote.html", quote_id=quote_id, quote=quote, customer=request.customer)
+        digest = self._store_quote(request.deal_id, quote, request.customer)
+        pricing.quote = quote.model_copy(update={"document_sha256": digest})
+        return pricing
+
+    @activity.defn
+    def renew_quote(self, request: RenewalRequest) -> Quote:
+        """The plan in force renewed for another term with the contract's uplift, stored in the
+        ledger as the deal's next quote version (once, however often it is asked)."""
+        with Session(self._engine) as session:
+            stored = session.get(QuoteRecord, quote_id_for(request.deal_id, request.version))
+        ssp = self._rules.ssp if self._rules.ssp.prices else None
+        try:
+            quote = renewal_quote(request.plan, request.version, request.uplift_percent, ssp)
+        except (QuoteRefused, MissingSsp) as err:  # the SSP table lost a product meanwhile
+            raise ApplicationError(f"renewal of {request.deal_id}: {err}",
+                                   type="LedgerConflict", non_retryable=True) from err  # fmt: skip
+        digest = (stored.document_sha256 if stored is not None
+                  else self._store_quote(request.deal_id, quote, request.customer))  # fmt: skip
+        return quote.model_copy(update={"document_sha256": digest})
+
+    def _store_quote(self, deal_id: str, quote: Quote, customer: str) -> str:
+        """Store a priced quote, its lines and its document; returns the document's hash (an
+        earlier attempt's, if it stored one)."""
+        quote_id = quote_id_for(deal_id, quote.version)
+        html = render("quote.html", quote_id=quote_id, quote=quote, customer=customer)
         digest = sha256_hex(html)
         with Session(self._engine) as session:
             stored = session.get(QuoteRecord, quote_id)
             if stored is not None:
-                digest = stored.document_sha256  # an earlier attempt's document is the one
-            else:
+                return stored.document_sha256  # an earlier attempt's document is the one
+            session.add(
+                QuoteRecord(
+                    quote_id=quote_id,
+                    deal_id=deal_id,
+                    version=quote.version,
+                    price_book_version=quote.price_book_version,
+                    currency=quote.currency,
+                    submitted_by=quote.submitted_by,
+                    discount_percent=quote.discount_percent,
+                    term_months=quote.term_months,
+                    billing_period=quote.billing_period,
+                    list_total=quote.list_total,
+                    net_total=quote.net_total,
+                    created_at=datetime.now(UTC),
+                    document_sha256=digest,
+                    html=html,
+                )
+            )
+            session.flush()
+            for line_no, line in enumerate(quote.lines, start=1):
                 session.add(
-                    QuoteRecord(
+                    QuoteLineRecord(
                         quote_id=quote_id,
-                        deal_id=request.deal_id,
-                        version=quote.version,
-                        price_book_version=quote.price_book_version,
-                        currency=quote.currency,
-                        submitted_by=quote.submitted_by,
-                        discount_percent=quote.discount_percent,
-                        term_months=quote.term_months,
-                        billing_period=quote.billing_period,
-                        list_total=quote.list_total,
-                        net_total=quote.net_total,
-                        created_at=datetime.now(UTC),
-                        document_sha256=digest,
-                        html=html,
+                        line_no=line_no,
+                        sku=line.sku,
+                        quantity=line.quantity,
+                        monthly_list=line.monthly_list,
+                        monthly_net=line.monthly_net,
+                        list_amount=line.list_amount,
+                        net_amount=line.net_amount,
                     )
                 )
-                session.flush()
-                for line_no, line in enumerate(quote.lines, start=1):
-                    session.add(
-                        QuoteLineRecord(
-                            quote_id=quote_id,
-                            line_no=line_no,
-                            sku=line.sku,
-                            quantity=line.quantity,
-                            monthly_list=line.monthly_list,
-                            monthly_net=line.monthly_net,
-                            list_amount=line.list_amount,
-                            net_amount=line.net_amount,
-                        )
-                    )
-                session.commit()
-        pricing.quote = quote.model_copy(update={"document_sha256": digest})
-        return pricing
+            session.commit()
+        return digest
 
     @activity.defn
     def escalate_approval(self, request: EscalationRequest) -> ApprovalRequirement:
@@ -151,6 +175,8 @@ class QuoteActivities:
         if request.revision:
             contract_id += f"-R{request.revision}"
         terms = request.terms
+        if terms is None and request.standard_terms:
+            terms = standard_terms(self._rules.clauses, request.payment_terms_days)
         payment_days = request.payment_terms_days if terms is None else terms.payment_terms_days
         html = render(
             "contract.html",
@@ -182,7 +208,7 @@ class QuoteActivities:
                 # (or may have been) sent, so it stays authoritative.
                 digest = existing.document_sha256
         return ContractDocument(contract_id=contract_id, version=version, document_sha256=digest,
-                                revision=request.revision)  # fmt: skip
+                                revision=request.revision, terms=terms)  # fmt: skip
 
     @activity.defn
     def review_redline(self, request: RedlineRequest) -> RedlineReview:
@@ -206,6 +232,27 @@ class QuoteActivities:
         due = self._rules.approvals.escalation.due(request.requested_at,
                                                    library.legal.sla_business_hours)  # fmt: skip
         return review.model_copy(update={"legal_reviewers": reviewers, "legal_due_at": due})
+
+    @activity.defn
+    def remind_legal(self, reminder: LegalReminder) -> datetime:
+        """A redline's legal review is overdue: each reviewer is reminded by e-mail, once per
+        reminder. Returns when it is due again (one SLA later, in business hours)."""
+        library = self._rules.clauses
+        if self._mailer is not None:
+            emails = {r.name: r.email for r in library.legal.reviewers}
+            for reviewer in reminder.reviewers:
+                subject, body = render_email("legal_review_reminder.txt", reminder=reminder,
+                                             reviewer=reviewer)  # fmt: skip
+                self._mailer.send_once(
+                    key=f"{reminder.deal_id}:legal:{reminder.contract_id}:"
+                    f"{reminder.reminder}:{reviewer}",
+                    deal_id=reminder.deal_id,
+                    recipient=emails[reviewer],
+                    subject=subject,
+                    body=body,
+                )
+        return self._rules.approvals.escalation.due(reminder.reminded_at,
+                                                    library.legal.sla_business_hours)  # fmt: skip
 
     @activity.defn
     def record_signature(self, signature: SignatureRecord) -> None:

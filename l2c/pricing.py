@@ -483,6 +483,40 @@ def change_quantity(quote: Quote, sku: str, quantity: int) -> Quote:
     )
 
 
+def renewal_quote(
+    quote: Quote, version: int, uplift_percent: Decimal, ssp: SspTable | None
+) -> Quote:
+    """The plan in force renewed for another term of the same length (the contract's
+    auto-renewal): its recurring lines and usage commitments at the prices the deal locked,
+    raised by the uplift, with the same discounts; one-time services are not renewed. Usage
+    above a commitment keeps its locked tiers, so the last month of a term, billed in arrears
+    on the renewal's first invoice, costs what it would have. Its price is allocated over its
+    obligations again, by SSP."""
+    factor = 1 + uplift_percent / HUNDRED
+    lines = []
+    for line in quote.lines:
+        if line.kind == "one_time" or line.monthly_list is None:
+            continue
+        monthly_list = to_cents(line.monthly_list * factor)
+        monthly_net = _discounted(monthly_list, quote.effective_discount_percent)
+        steps = waterfall(monthly_list, monthly_list, quote.term_discount_percent,
+                          quote.discount_percent, monthly_net)  # fmt: skip
+        lines.append(line.model_copy(update={
+            "monthly_list": monthly_list, "monthly_net": monthly_net,
+            "list_amount": monthly_list * quote.term_months,
+            "net_amount": monthly_net * quote.term_months, "waterfall": steps}))  # fmt: skip
+    if not lines:
+        raise QuoteRefused("nothing recurring to renew")
+    renewed = quote.model_copy(update={
+        **_derived_from_lines(lines, quote.billing_period, quote.term_months),
+        "version": version, "valid_until": None, "document_sha256": None, "obligations": []})  # fmt: skip
+    if ssp is not None:
+        renewed.obligations = allocate_transaction_price(
+            renewed.lines, renewed.net_total, renewed.currency, renewed.term_months, ssp
+        )
+    return renewed
+
+
 def proration(old: Quote, new: Quote, sku: str, months: int, remaining: Decimal) -> Decimal:
     """What a quantity change costs (or, negative, returns) for the rest of a billing period of
     `months` months already invoiced, `remaining` (0..1) of which is still to come."""

@@ -112,6 +112,32 @@ class TermsRisk(BaseModel):
     reason: str
 
 
+class LegalReminder(BaseModel):
+    """A redline's legal review is past its SLA: its reviewers are reminded by e-mail."""
+
+    deal_id: str
+    company: str
+    contract_id: str  # the revision the redline was proposed on
+    proposed_by: str
+    risks: list[TermsRisk]
+    reviewers: list[str]
+    reminder: int  # 1 for the first reminder: the e-mails' natural key
+    reminded_at: datetime
+
+
+class RedlineUnderReview(BaseModel):
+    """A redline waiting for legal: the terms it would make, and why legal must decide."""
+
+    proposed_by: str
+    note: str
+    changed: list[str]  # clause ids
+    risks: list[TermsRisk]
+    terms: ContractTerms
+    legal_reviewers: list[str]  # any of them decides (signals approve_terms / reject_terms)
+    due_at: datetime | None  # past it, the reviewers are reminded (and again one SLA later)
+    reminders: int = 0
+
+
 class RedlineRequest(BaseModel):
     deal_id: str
     current: ContractTerms  # the terms of the contract revision in force

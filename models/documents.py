@@ -172,6 +172,14 @@ class EscalationRequest(BaseModel):
     escalation: int  # 1 for the first escalation of this approval
 
 
+class RenewalRequest(BaseModel):
+    deal_id: str
+    plan: Quote  # the plan in force at the end of the term
+    version: int  # the renewal's quote version
+    uplift_percent: Decimal
+    customer: str  # the company, named on the quote document
+
+
 class ContractRequest(BaseModel):
     deal_id: str
     lead: LeadInput
@@ -182,6 +190,8 @@ class ContractRequest(BaseModel):
     # above. None: a contract of before clauses, rendered as it always was.
     terms: ContractTerms | None = None
     revision: int = Field(default=0, ge=0)  # 0: the first contract; +1 per accepted redline
+    # No terms yet: render the library's standard ones (with `payment_terms_days`).
+    standard_terms: bool = False
 
 
 class ContractDocument(BaseModel):
@@ -189,6 +199,7 @@ class ContractDocument(BaseModel):
     version: int
     document_sha256: str
     revision: int = 0
+    terms: ContractTerms | None = None  # the clauses it was rendered with
 
 
 class SignatureRecord(BaseModel):

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from models.contract_terms import ContractTerms, RedlineUnderReview
 from models.deal import DealPolicy, LeadInput, Stage
 from models.documents import InvoiceLinePlan, Quote
 from models.revenue import ObligationSchedule
@@ -49,6 +50,12 @@ class ContractView(BaseModel):
     signed_by: str | None = None
     signer_email: str | None = None
     signed_at: datetime | None = None
+    # Deals with the clause library: the terms of this revision (0: as first sent, +1 for each
+    # accepted redline; each revision is a new contract_id and hash), and a redline legal is
+    # reviewing. The signed revision's terms are the ones billed (payment terms) and renewed.
+    revision: int = 0
+    terms: ContractTerms | None = None
+    redline_under_review: RedlineUnderReview | None = None
 
 
 class InvoiceView(BaseModel):

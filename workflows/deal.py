@@ -26,12 +26,23 @@ with workflow.unsafe.imports_passed_through():
     from activities.revenue import RevenueActivities
     from models.approvals import assignable
     from models.cash import allocate, late_fee, settled_status
+    from models.contract_terms import (
+        ApproveTerms,
+        ContractTerms,
+        LegalReminder,
+        ProposeTerms,
+        RedlineRequest,
+        RedlineReview,
+        RedlineUnderReview,
+        RejectTerms,
+    )
     from models.deal import WORKFLOW_TYPE, ActivityTiming, DealPolicy, LeadInput, Stage
     from models.documents import (
         ApprovalRequirement,
         BillingPeriodPlan,
         ChargeRequest,
         ChargeResult,
+        ContractDocument,
         ContractRequest,
         CreditApplication,
         CreditNoteIssued,
@@ -94,6 +105,7 @@ with workflow.unsafe.imports_passed_through():
     from models.validation import explain
 
 P = TypeVar("P", bound=BaseModel)
+L = TypeVar("L", ApproveTerms, RejectTerms)  # legal's decisions on a redline
 
 # A signal sent with no input at all still reaches its handler, which refuses it with a reason.
 NO_PAYLOAD = RawValue(Payload())
@@ -131,6 +143,9 @@ USAGE_IN_ARREARS = "usage-billed-in-arrears"
 # Version marker: several approvals in parallel with SLAs and escalation, quotes that expire, and
 # re-quotes that supersede a quote awaiting approval or signature.
 APPROVAL_MATRIX = "approval-matrix"
+
+# Version marker: contracts carry the clause library's terms, and customers may redline them.
+CONTRACT_TERMS = "contract-terms"
 
 # Version marker: payments spread over open invoices, overpayments held as customer credit.
 CASH_APPLICATION = "cash-application"
@@ -192,6 +207,11 @@ class DealWorkflow:
         self._lost: MarkLost | None = None
         self._quote_versions = self._resume.quote_versions if self._resume else 0
         self._approval_matrix = False  # see agree_quote_and_contract
+        self._contract_terms = False  # ditto
+        self._redline: ProposeTerms | None = None  # waiting for review
+        self._legal_decision: ApproveTerms | RejectTerms | None = None
+        self._redlines = 0  # redlines proposed in this run
+        self._redline_outcomes: dict[int, str] = {}  # redline number -> what became of it
         self._validating: list[str] | None = None  # refusals of an update's validator
         self._priced: dict[int, str | None] = {}  # quote version -> its pricing refusal, if any
         self._escalations_done = 0  # approval escalations that came back
@@ -294,6 +314,8 @@ class DealWorkflow:
         quote expires, or a new quote supersedes it."""
         # Deals recorded before approvals ran in parallel with SLAs replay as they ran.
         self._approval_matrix = workflow.patched(APPROVAL_MATRIX)
+        # Contracts with the clause library, and redlines of them: deals from before do without.
+        self._contract_terms = self._approval_matrix and workflow.patched(CONTRACT_TERMS)
         while True:
             self._set_stage(Stage.QUALIFIED)
             await self._wait_for(lambda: self._quote_submission is not None)
@@ -470,26 +492,10 @@ class DealWorkflow:
             pending.eligible_approvers = first.eligible_approvers
 
     async def get_contract_signed(self, quote: Quote) -> bool:
-        document = await self._call(
-            QuoteActivities.render_contract,
-            ContractRequest(
-                deal_id=self.deal_id,
-                lead=self.deal.lead,
-                quote=quote,
-                issued_at=workflow.now(),
-                payment_terms_days=self._payment_terms_days(quote),
-            ),
-            "render contract",
-        )
-        self.deal.contract = ContractView(
-            contract_id=document.contract_id,
-            version=document.version,
-            document_sha256=document.document_sha256,
-            sent_at=workflow.now(),
-        )
-        self._record(
-            "contract_sent", "system", f"{document.contract_id} sha256 {document.document_sha256}"
-        )
+        """Send the contract and wait for the customer to sign or decline it. Deals with the
+        clause library also take redlines here: each accepted one (by legal, if it is risky)
+        sends a new revision of the contract, and only the latest may be signed."""
+        await self.send_contract(quote, terms=None, revision=0)
         self._set_stage(Stage.AWAITING_SIGNATURE)
 
         def answered() -> bool:
@@ -501,26 +507,33 @@ class DealWorkflow:
             while not answered():
 
                 def ended() -> bool:
-                    return answered() or self._quote_submission is not None
+                    return (answered() or self._quote_submission is not None
+                            or self._redline is not None)  # fmt: skip
 
                 if quote.valid_until is not None:
                     await self._wait_until(quote.valid_until, ended, "quote expiry")
                 else:
                     await self._wait_for(ended)
-                if not answered() and self._quote_ended(quote):
+                if answered():
+                    break
+                if self._quote_ended(quote):
+                    self._drop_redline("the quote was superseded or expired first")
                     self.deal.contract = None
                     return False
+                if self._redline is not None:
+                    await self.negotiate_terms(quote)
+            self._drop_redline("the contract was declined first")
         if self._decline is not None:
             self._decline = None
             self.deal.contract = None
             return False
         signature = self._signature
-        assert signature is not None
+        assert signature is not None and self.deal.contract is not None
         await self._call(
             QuoteActivities.record_signature,
             SignatureRecord(
                 deal_id=self.deal_id,
-                contract_id=document.contract_id,
+                contract_id=self.deal.contract.contract_id,
                 signer_name=signature.signer_name,
                 signer_email=signature.signer_email,
                 signed_at=workflow.now(),
@@ -528,6 +541,128 @@ class DealWorkflow:
             "record signature",
         )
         return True
+
+    def _drop_redline(self, why: str) -> None:
+        """A redline proposed but never reviewed, because the contract ended first."""
+        if self._redline is not None:
+            self._redlines += 1
+            self._redline_outcomes[self._redlines] = f"dropped: {why}"
+            self._record("redline_dropped", self._redline.proposed_by, why)
+            self._redline = None
+
+    async def send_contract(self, quote: Quote, terms: ContractTerms | None, revision: int) -> None:
+        """Render a revision of the contract into the ledger and send it for signature: the
+        first (with the library's standard clauses, for deals that have them), or one with the
+        terms of an accepted redline."""
+        document: ContractDocument = await self._call(
+            QuoteActivities.render_contract,
+            ContractRequest(
+                deal_id=self.deal_id,
+                lead=self.deal.lead,
+                quote=quote,
+                issued_at=workflow.now(),
+                payment_terms_days=self._payment_terms_days(quote),
+                terms=terms,
+                revision=revision,
+                standard_terms=self._contract_terms,
+            ),
+            "render contract" if revision == 0 else f"render contract revision {revision}",
+        )
+        self.deal.contract = ContractView(
+            contract_id=document.contract_id,
+            version=document.version,
+            document_sha256=document.document_sha256,
+            sent_at=workflow.now(),
+            revision=document.revision,
+            terms=document.terms,
+        )
+        self._record(
+            "contract_sent", "system", f"{document.contract_id} sha256 {document.document_sha256}"
+        )
+
+    async def negotiate_terms(self, quote: Quote) -> None:
+        """A customer's redline: refused (with the reason), accepted at once, or, when it makes
+        a clause risky, accepted or rejected by legal within its SLA. An accepted one sends a
+        new revision of the contract."""
+        proposal, self._redline = self._redline, None
+        contract = self.deal.contract
+        assert proposal is not None and contract is not None and contract.terms is not None
+        self._redlines += 1
+        number = self._redlines
+        review: RedlineReview = await self._call(
+            QuoteActivities.review_redline,
+            RedlineRequest(
+                deal_id=self.deal_id,
+                current=contract.terms,
+                proposal=proposal,
+                requested_at=workflow.now(),
+                revision=contract.revision,
+            ),
+            f"review redline {number}",
+        )
+        if review.refused is not None or review.terms is None:
+            self._redline_outcomes[number] = f"refused: {review.refused}"
+            self._refuse("propose_terms", proposal.proposed_by, review.refused or "refused")
+            return
+        if review.risks:
+            pending = RedlineUnderReview(
+                proposed_by=proposal.proposed_by, note=proposal.note, changed=review.changed,
+                risks=review.risks, terms=review.terms, legal_reviewers=review.legal_reviewers,
+                due_at=review.legal_due_at)  # fmt: skip
+            contract.redline_under_review = pending
+            self._redline_outcomes[number] = (
+                f"needs legal review ({'; '.join(r.reason for r in review.risks)}) by "
+                f"{', '.join(review.legal_reviewers)}, due {review.legal_due_at}")  # fmt: skip
+            self._record("redline_under_legal_review", proposal.proposed_by,
+                         self._redline_outcomes[number])  # fmt: skip
+            decision = await self._await_legal(quote, contract, pending)
+            contract.redline_under_review = None
+            if not isinstance(decision, ApproveTerms):
+                return  # rejected (recorded), or the quote ended: the contract stays as it was
+        await self.send_contract(quote, terms=review.terms, revision=contract.revision + 1)
+        sent = self.deal.contract
+        assert sent is not None
+        self._redline_outcomes.setdefault(number, f"accepted: {sent.contract_id} sha256 "
+                                                  f"{sent.document_sha256}")  # fmt: skip
+        self._record("terms_changed", proposal.proposed_by,
+                     f"{', '.join(review.changed)} changed: {sent.contract_id} "
+                     f"sha256 {sent.document_sha256}")  # fmt: skip
+
+    async def _await_legal(
+        self, quote: Quote, contract: ContractView, pending: RedlineUnderReview
+    ) -> ApproveTerms | RejectTerms | None:
+        """Legal's decision on a redline; past its SLA the reviewers are reminded by e-mail (and
+        again each SLA after). None: the quote was superseded or expired meanwhile."""
+
+        def over() -> bool:
+            return (self._legal_decision is not None or self._quote_submission is not None
+                    or self._decline is not None
+                    or (quote.valid_until is not None and workflow.now() >= quote.valid_until))  # fmt: skip
+
+        while not over():
+            moment = pending.due_at
+            if quote.valid_until is not None and (moment is None or quote.valid_until < moment):
+                moment = quote.valid_until
+            if moment is None:
+                await self._wait_for(over)
+            elif not await self._wait_until(moment, over, "legal review due") and (
+                pending.due_at is not None and workflow.now() >= pending.due_at
+            ):
+                pending.reminders += 1
+                pending.due_at = await self._call(
+                    QuoteActivities.remind_legal,
+                    LegalReminder(deal_id=self.deal_id, company=self.deal.lead.company,
+                                  contract_id=contract.contract_id,
+                                  proposed_by=pending.proposed_by, risks=pending.risks,
+                                  reviewers=pending.legal_reviewers, reminder=pending.reminders,
+                                  reminded_at=workflow.now()),
+                    "remind legal",
+                )  # fmt: skip
+                self._record("legal_review_overdue", "system",
+                             f"reminded {', '.join(pending.legal_reviewers)}; due again "
+                             f"{pending.due_at}")  # fmt: skip
+        decision, self._legal_decision = self._legal_decision, None
+        return decision
 
     async def fulfil_order(self, quote: Quote) -> None:
         self._set_stage(Stage.FULFILLING)
@@ -848,7 +983,11 @@ class DealWorkflow:
         return final, due_at
 
     def _payment_terms_days(self, quote: Quote) -> int:
-        """Net days: the quote's, or the policy's (net 30) when it named none."""
+        """Net days: the signed contract's terms, else the quote's, or the policy's (net 30)
+        when it named none."""
+        contract = self.deal.contract
+        if contract is not None and contract.signed_at is not None and contract.terms is not None:
+            return contract.terms.payment_terms_days
         if quote.payment_terms_days is not None:
             return quote.payment_terms_days
         return self.policy.payment_terms_days
@@ -1399,6 +1538,10 @@ class DealWorkflow:
             self._refuse("sign_contract", signature.signer_name,
                          f"a new quote supersedes the one contract {contract.contract_id} was "
                          "sent for; sign the contract sent for it")  # fmt: skip
+        elif self._redline is not None or contract.redline_under_review is not None:
+            self._refuse("sign_contract", signature.signer_name,
+                         f"a redline of {contract.contract_id} is under review; sign the "
+                         "revision sent once it is decided")  # fmt: skip
         elif signature.document_sha256 != contract.document_sha256:
             self._refuse(
                 "sign_contract",
@@ -1434,6 +1577,129 @@ class DealWorkflow:
             return
         self._decline = decline
         self._record("contract_declined", decline.by, decline.reason)
+
+    @workflow.signal(
+        description="The customer's redline of the contract awaiting signature: new values for "
+        "clauses, or clauses struck out (config/clauses.toml). Accepted at once, or after legal "
+        "review when it makes a clause risky; each accepted one sends a new revision to sign. "
+        '{"proposed_by": "ada.lovelace", "changes": {"payment_terms": 45, "governing_law": '
+        '"New York"}, "remove": ["sla_credits"], "note": "procurement", "contract_version": 0}'
+    )
+    def propose_terms(self, payload: RawValue = NO_PAYLOAD) -> None:
+        proposal = self._check_redline(payload)
+        if proposal is not None:
+            self._take_redline(proposal)
+
+    @workflow.update(
+        name="propose_terms",
+        description="As the propose_terms signal, validated; answers once the redline is "
+        "reviewed (the new revision, or who in legal must decide) or fails with the refusal.",
+    )
+    async def propose_terms_update(self, payload: RawValue = NO_PAYLOAD) -> str:
+        self._take_redline(_checked(self._check_redline(payload)))
+        number = self._redlines + 1  # the one pending redline is reviewed next
+        await workflow.wait_condition(lambda: number in self._redline_outcomes)
+        outcome = self._redline_outcomes[number]
+        if not outcome.startswith(("accepted", "needs legal")):
+            raise ApplicationError(f"redline {outcome}", non_retryable=True)
+        return f"redline {outcome}"
+
+    @propose_terms_update.validator
+    def _validate_redline(self, payload: RawValue = NO_PAYLOAD) -> None:
+        self._validate(self._check_redline, payload)
+
+    def _check_redline(self, payload: RawValue) -> ProposeTerms | None:
+        proposal = self._accept("propose_terms", payload, ProposeTerms, (Stage.AWAITING_SIGNATURE,))
+        if proposal is None:
+            return None
+        contract = self.deal.contract
+        reason = None
+        if not self._contract_terms or contract is None or contract.terms is None:
+            reason = "this deal's contract has no clauses to redline (it started before them)"
+        elif self._signature is not None or self._decline is not None:
+            reason = "the contract was already signed or declined"
+        elif self._quote_submission is not None:
+            reason = "a new quote supersedes this contract; redline the one sent for it"
+        elif self._redline is not None or contract.redline_under_review is not None:
+            reason = (f"a redline of {contract.contract_id} is already under review; propose "
+                      "more once it is decided")  # fmt: skip
+        if reason is not None:
+            self._refuse("propose_terms", proposal.proposed_by, reason)
+            return None
+        return proposal
+
+    def _take_redline(self, proposal: ProposeTerms) -> None:
+        self._redline = proposal
+        changes = [*proposal.changes, *(f"strike {c}" for c in proposal.remove)]
+        self._record("terms_proposed", proposal.proposed_by, ", ".join(changes) or "no change")
+
+    @workflow.signal(
+        description="Legal accepts the redline under review: the revision with it is sent for "
+        'signature. Only a legal reviewer who did not propose it. {"approver": "lena.legal", '
+        '"comment": "ok for this customer"}'
+    )
+    def approve_terms(self, payload: RawValue = NO_PAYLOAD) -> None:
+        decision = self._check_legal_decision("approve_terms", payload, ApproveTerms)
+        if decision is not None:
+            self._take_legal_decision(decision)
+
+    @workflow.update(name="approve_terms", description="As the approve_terms signal, validated.")
+    async def approve_terms_update(self, payload: RawValue = NO_PAYLOAD) -> str:
+        return self._take_legal_decision(
+            _checked(self._check_legal_decision("approve_terms", payload, ApproveTerms))
+        )
+
+    @approve_terms_update.validator
+    def _validate_terms_approval(self, payload: RawValue = NO_PAYLOAD) -> None:
+        self._validate(lambda p: self._check_legal_decision("approve_terms", p, ApproveTerms),
+                       payload)  # fmt: skip
+
+    @workflow.signal(
+        description="Legal rejects the redline under review; the contract stays as sent. "
+        '{"approver": "lena.legal", "reason": "uncapped liability is never accepted"}'
+    )
+    def reject_terms(self, payload: RawValue = NO_PAYLOAD) -> None:
+        decision = self._check_legal_decision("reject_terms", payload, RejectTerms)
+        if decision is not None:
+            self._take_legal_decision(decision)
+
+    @workflow.update(name="reject_terms", description="As the reject_terms signal, validated.")
+    async def reject_terms_update(self, payload: RawValue = NO_PAYLOAD) -> str:
+        return self._take_legal_decision(
+            _checked(self._check_legal_decision("reject_terms", payload, RejectTerms))
+        )
+
+    @reject_terms_update.validator
+    def _validate_terms_rejection(self, payload: RawValue = NO_PAYLOAD) -> None:
+        self._validate(lambda p: self._check_legal_decision("reject_terms", p, RejectTerms),
+                       payload)  # fmt: skip
+
+    def _check_legal_decision(self, signal: str, payload: RawValue, model: type[L]) -> L | None:
+        decision = self._accept(signal, payload, model, (Stage.AWAITING_SIGNATURE,))
+        if decision is None:
+            return None
+        contract = self.deal.contract
+        pending = contract.redline_under_review if contract is not None else None
+        reason = None
+        if pending is None or self._legal_decision is not None:
+            reason = "no redline is waiting for legal review"
+        elif decision.approver == pending.proposed_by:
+            reason = "nobody may decide on their own redline"
+        elif decision.approver not in pending.legal_reviewers:
+            reason = (f"{decision.approver} is not a legal reviewer of this redline "
+                      f"({', '.join(pending.legal_reviewers)})")  # fmt: skip
+        if reason is not None:
+            self._refuse(signal, decision.approver, reason)
+            return None
+        return decision
+
+    def _take_legal_decision(self, decision: ApproveTerms | RejectTerms) -> str:
+        self._legal_decision = decision
+        if isinstance(decision, ApproveTerms):
+            self._record("redline_approved", decision.approver, decision.comment or "approved")
+            return "approved: the revision with the redline is sent for signature"
+        self._record("redline_rejected", decision.approver, decision.reason)
+        return "rejected: the contract stays as sent"
 
     @workflow.signal(
         description="Record a payment received by hand; the same reference counts once. "
@@ -2269,6 +2535,13 @@ class DealWorkflow:
             lines.append(
                 f"Contract sha256 `{state.contract.document_sha256}` (signal `sign_contract`)"
             )
+            redline = state.contract.redline_under_review
+            if redline is not None:
+                lines.append(
+                    f"Redline by {redline.proposed_by} needs legal review: "
+                    f"{', '.join(redline.legal_reviewers)} (signal `approve_terms` / "
+                    f"`reject_terms`), due {redline.due_at}"
+                )
         if state.invoices:
             lines.append(
                 f"Invoices: {len(state.invoices)}, balance due {state.balance_due} {state.lead.currency}"
@@ -2288,7 +2561,8 @@ _WAITING_FOR = {
     Stage.NURTURING: "engagement (`log_engagement`) or the next nurture touch",
     Stage.QUALIFIED: "a quote (`submit_quote`) from the owner",
     Stage.AWAITING_APPROVAL: "a discount decision (`approve_discount` / `reject_discount`)",
-    Stage.AWAITING_SIGNATURE: "the customer's signature (`sign_contract` / `decline_contract`)",
+    Stage.AWAITING_SIGNATURE: "the customer's signature (`sign_contract` / `decline_contract`) "
+    "or redline (`propose_terms`)",
     Stage.ACTIVE: "billing periods and payments (`record_payment`)",
 }
 
@@ -2337,7 +2611,7 @@ def _actor_of(payload: RawValue) -> str:
         data = workflow.payload_converter().from_payload(payload.payload, dict)
     except Exception:
         return "unknown"
-    for field in ("approver", "submitted_by", "signer_name", "recorded_by", "by"):
+    for field in ("approver", "submitted_by", "proposed_by", "signer_name", "recorded_by", "by"):
         value = data.get(field)
         if isinstance(value, str) and value.strip():
             return value.strip()[:100]
