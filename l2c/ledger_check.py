@@ -68,14 +68,16 @@ def check_ledger(engine: Engine) -> list[str]:
     problems += _series_problems("credit note", CREDIT_NOTE_SERIES,
                                  [n.number for n in credit_notes],
                                  next_values.get(CREDIT_NOTE_SERIES))  # fmt: skip
+    # A billing period is invoiced once: known by the month it starts (period indexes restart
+    # with each renewed term, months since activation do not).
     periods = Counter(
-        (invoice.deal_id, invoice.period_index)
+        (invoice.deal_id, invoice.billing_month)
         for invoice in invoices
         if invoice.period_index is not None
     )
     problems += [
-        f"{deal} period {period} invoiced {n} times"
-        for (deal, period), n in periods.items()
+        f"{deal} period starting in month {month + 1} invoiced {n} times"
+        for (deal, month), n in periods.items()
         if n > 1
     ]
 

@@ -44,6 +44,11 @@ class DealPlay:
     _done: set[str] = field(default_factory=set)
 
 
+# The plays are of one term: the customer gives notice that the contract is not to renew (the
+# standard terms renew automatically), with the signature.
+NOTICE = {"by": "procurement", "party": "customer", "reason": "one term only"}
+
+
 def payment_reference(invoice_number: str) -> str:
     """One reference per invoice: a payment resent after a lost reply counts once."""
     return f"PAY-{invoice_number}"
@@ -103,7 +108,9 @@ async def _act(
                 "document_sha256": state.contract.document_sha256,
             },
         )
+        await send("notice", "give_notice", NOTICE)  # right away: a short term's deadline is near
     elif state.stage == Stage.ACTIVE:
+        await send("notice", "give_notice", NOTICE)
         for invoice in state.invoices:
             if invoice.status == "open" and invoice.balance > 0:
                 payload = {

@@ -149,3 +149,11 @@ class LogEngagement(_Payload):
 class MarkLost(_Payload):
     by: Name
     reason: Reason
+
+
+class GiveNotice(_Payload):
+    """Notice that the contract is not to renew: it ends with the term under way (churn)."""
+
+    by: Name
+    party: Literal["customer", "seller"]
+    reason: Reason

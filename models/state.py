@@ -123,6 +123,27 @@ class DisputeView(BaseModel):
     closed_at: datetime | None = None
 
 
+class RenewalView(BaseModel):
+    """The term under way and what happens at its end: the contract renews automatically (its
+    auto-renewal clause, with the uplift) unless notice is given by the deadline; without
+    auto-renewal, or with notice, the deal ends with the term (churn)."""
+
+    term: int = 1  # the first term, its first renewal (2), ...
+    term_start_month: int = 0  # months after activation this term began
+    term_ends_at: datetime
+    auto_renews: bool
+    uplift_percent: Decimal = Decimal(0)
+    notice_deadline: datetime | None = None  # non-renewal notice is accepted until then
+    outcome: Literal["pending", "renewed", "churned"] = "pending"
+
+
+class NonRenewalNotice(BaseModel):
+    by: str
+    party: str  # customer or seller
+    reason: str
+    given_at: datetime
+
+
 class DealState(BaseModel):
     deal_id: str
     lead: LeadInput
@@ -155,6 +176,9 @@ class DealState(BaseModel):
     # Revenue recognition by performance obligation (deals signed since it exists; earlier ones
     # recognize as billed, by `recognition_schedule`): each obligation's schedule.
     revenue_schedules: list[ObligationSchedule] = Field(default_factory=list)
+    # Deals with contract terms: the term under way and its renewal (None: deals from before).
+    renewal: RenewalView | None = None
+    non_renewal_notice: NonRenewalNotice | None = None  # given: the term under way is the last
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
     # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'

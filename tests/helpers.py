@@ -182,14 +182,22 @@ async def quote_to_signature(
 
 
 async def sign(
-    handle: Handle, state: DealState, card_on_file: dict[str, str] | None = None
-) -> None:
+    handle: Handle, state: DealState, card_on_file: dict[str, str] | None = None,
+    renews: bool = False,
+) -> None:  # fmt: skip
+    """Sign the contract sent; unless `renews`, the customer also gives notice at once that it
+    is not to renew, so that the deal ends with its term (the standard terms auto-renew)."""
     assert state.contract is not None
     signature: dict[str, Any] = {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
                                  "document_sha256": state.contract.document_sha256}  # fmt: skip
     if card_on_file is not None:
         signature["card_on_file"] = card_on_file
     await signal(handle, "sign_contract", signature)
+    if not renews:
+        await signal(handle, "give_notice", NOTICE)
+
+
+NOTICE = {"by": "Ada Lovelace", "party": "customer", "reason": "one term only"}
 
 
 def account_balances(engine: Engine, deal_id: str | None = None) -> dict[str, Decimal]:

@@ -68,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
         Quote,
         QuoteRequest,
         RefundRequest,
+        RenewalRequest,
         RevenueRecognition,
         SignatureRecord,
         UsageBilling,
@@ -81,6 +82,7 @@ with workflow.unsafe.imports_passed_through():
         ChangeQuantity,
         CloseDispute,
         DeclineContract,
+        GiveNotice,
         IssueCreditNote,
         LogEngagement,
         MarkLost,
@@ -98,8 +100,10 @@ with workflow.unsafe.imports_passed_through():
         DealState,
         DisputeView,
         InvoiceView,
+        NonRenewalNotice,
         PendingApproval,
         PendingProration,
+        RenewalView,
         RequiredApproval,
     )
     from models.validation import explain
@@ -247,12 +251,12 @@ class DealWorkflow:
                 quote = await self.agree_quote_and_contract()
                 await self.fulfil_order(quote)
             outcome = await self.invoice_collect_and_recognize(self._signed_quote())
-            await self.close(
-                outcome,
-                "term completed and fully paid"
-                if outcome == Stage.WON
-                else "unpaid invoices written off",
-            )
+            reason = "term completed and fully paid"
+            if outcome != Stage.WON:
+                reason = "unpaid invoices written off"
+            elif self.deal.renewal is not None and self.deal.renewal.outcome == "churned":
+                reason += f"; not renewed after term {self.deal.renewal.term} (churn)"
+            await self.close(outcome, reason)
         except DealEnded as ended:
             await self.close(ended.stage, ended.reason)
         return self.deal
@@ -699,6 +703,8 @@ class DealWorkflow:
                 self.deal.revenue_schedules = obligation_schedules(
                     quote, self._month_ends(activated_at, quote.term_months)
                 )
+            if self.deal.contract is not None and self.deal.contract.terms is not None:
+                self.deal.renewal = self._renewal_view(1, 0, quote)
         else:
             first_month, bills_usage = self._resume.next_month, self._resume.bills_usage
             self._seed_recognition(quote, first_month)
@@ -720,7 +726,10 @@ class DealWorkflow:
             # The plan in force: the signed quote, or as a quantity change re-priced it.
             plan = self._plan()
             period = next((p for p in plan.billing_plan if p.start_month == month), None)
-            if period is not None or (bills_usage and month > 0) or self.deal.pending_adjustments:
+            # Usage is billed in arrears from the second month on (of the deal: a renewed term's
+            # first invoice bills the last month of the term before).
+            in_arrears = bills_usage and self._term_start() + month > 0
+            if period is not None or in_arrears or self.deal.pending_adjustments:
                 await self.issue_invoice(plan, month, period, activated_at, bills_usage)
             if month == 0 and self.deal.revenue_schedules:
                 # Point in time: one-time services are delivered once provisioning completes.
@@ -729,7 +738,7 @@ class DealWorkflow:
                 self._billing_step_running = True
                 await self.recognize("onboarding", "services", quote.one_time_net, quote.currency)
                 self._billing_step_running = False
-            month_end = self.policy.months_after(activated_at, month + 1)
+            month_end = self._boundary(activated_at, month + 1)
             self._month_end_due = month_end
             # A write-off ends the wait early, unless this month has already ended: then its timer
             # has fired (or is about to) and the month is recognized as delivered.
@@ -754,12 +763,15 @@ class DealWorkflow:
                 self._billing_step_running = False
             self._month_end_due = None
         else:
+            if await self._renews():
+                await self.renew_term(activated_at, bills_usage)  # returns only if written off
             pending = bills_usage or self.deal.pending_adjustments
             if pending and not await self._billing_stopped():
                 # The last month's usage (in arrears) and any late proration, once the term is over.
                 await self.issue_invoice(
                     self._plan(), quote.term_months, None, activated_at, bills_usage
                 )
+            self._record_churn()
         await workflow.wait_condition(
             lambda: (
                 self._written_off
@@ -773,6 +785,91 @@ class DealWorkflow:
         )
         await asyncio.gather(*self._collections)
         return Stage.WRITTEN_OFF if self._written_off else Stage.WON
+
+    def _renewal_view(self, term: int, start_month: int, quote: Quote) -> RenewalView:
+        """A term of the contract and its end: renewed automatically (the signed terms' clause)
+        unless notice is given by the deadline."""
+        contract, activated_at = self.deal.contract, self.deal.activated_at
+        assert contract is not None and contract.terms is not None and activated_at is not None
+        ends_at = self.policy.months_after(activated_at, start_month + quote.term_months)
+        clause = contract.terms.auto_renewal
+        if clause is None or not clause.enabled:
+            return RenewalView(term=term, term_start_month=start_month, term_ends_at=ends_at,
+                               auto_renews=False)  # fmt: skip
+        # The notice period, but never more than half the term (the contract says so): a short
+        # term can still be ended during it.
+        starts_at = self.policy.months_after(activated_at, start_month)
+        notice = min(timedelta(days=clause.notice_days), (ends_at - starts_at) / 2)
+        return RenewalView(term=term, term_start_month=start_month, term_ends_at=ends_at,
+                           auto_renews=True, uplift_percent=clause.uplift_percent,
+                           notice_deadline=ends_at - notice)  # fmt: skip
+
+    async def _renews(self) -> bool:
+        """Whether the term just ended renews: automatically, without notice, not written off."""
+        renewal = self.deal.renewal
+        if renewal is None or not renewal.auto_renews or self.deal.non_renewal_notice is not None:
+            return False
+        return not await self._billing_stopped()
+
+    async def renew_term(self, activated_at: datetime, bills_usage: bool) -> None:
+        """The contract renews for another term: the plan in force, priced with the uplift
+        (a new quote version in the ledger), allocated over its obligations again, and billed in
+        a new run of the same workflow (continue-as-new: one deal, its runs chained). Invoices
+        still open are collected by the new run. Returns only if a write-off began meanwhile."""
+        renewal = self.deal.renewal
+        assert renewal is not None
+        plan = self._plan()
+        version = self._quote_versions + 1
+        renewed: Quote = await self._call(
+            QuoteActivities.renew_quote,
+            RenewalRequest(
+                deal_id=self.deal_id,
+                plan=plan,
+                version=version,
+                uplift_percent=renewal.uplift_percent,
+                customer=self.deal.lead.company,
+            ),
+            f"price renewal term {renewal.term + 1}",
+        )
+        self._quote_versions = version
+        renewal.outcome = "renewed"
+        self.deal.quote = renewed
+        self.deal.current_plan = None
+        self.deal.recognition_schedule = {}
+        self.deal.renewal = self._renewal_view(
+            renewal.term + 1, renewal.term_start_month + plan.term_months, renewed
+        )
+        self.deal.revenue_schedules = (
+            obligation_schedules(renewed, self._month_ends(activated_at, renewed.term_months))
+            if renewed.obligations
+            else []
+        )
+        self._record("contract_renewed", "system",
+                     f"term {renewal.term + 1} from {renewal.term_ends_at.date()}: quote "
+                     f"v{version}, net {renewed.net_total} {renewed.currency} "
+                     f"({renewal.uplift_percent}% uplift)")  # fmt: skip
+        await self._continue_as_new(0, bills_usage)
+
+    def _record_churn(self) -> None:
+        """A term ended without renewal: the customer is lost to churn once it is paid up."""
+        renewal = self.deal.renewal
+        if renewal is None or renewal.outcome != "pending" or self._written_off:
+            return
+        renewal.outcome = "churned"
+        notice = self.deal.non_renewal_notice
+        why = (f"notice by {notice.by} ({notice.party}): {notice.reason}" if notice is not None
+               else "the contract does not renew automatically")  # fmt: skip
+        self._record("churned", notice.by if notice is not None else "system",
+                     f"term {renewal.term} ended {renewal.term_ends_at.date()}, not renewed: {why}")  # fmt: skip
+
+    def _term_start(self) -> int:
+        """Months after activation the term under way began (renewals follow the first)."""
+        return self.deal.renewal.term_start_month if self.deal.renewal is not None else 0
+
+    def _boundary(self, activated_at: datetime, month: int) -> datetime:
+        """The start of month `month` of the term under way (0-based), counted from activation
+        so that calendar months never drift across terms."""
+        return self.policy.months_after(activated_at, self._term_start() + month)
 
     def _seed_recognition(self, quote: Quote, first_month: int) -> None:
         """A run continued from one recorded before the recognition schedule existed: the months
@@ -788,10 +885,14 @@ class DealWorkflow:
 
     def _month_ends(self, activated_at: datetime, term_months: int) -> list[datetime]:
         """Activation and the end of each month of the term, as the deal's timers count them."""
-        return [self.policy.months_after(activated_at, m) for m in range(term_months + 1)]
+        return [self._boundary(activated_at, m) for m in range(term_months + 1)]
 
     def _invoiced(self, period_index: int) -> bool:
-        return any(invoice.period_index == period_index for invoice in self.deal.invoices)
+        """Whether the period of the term under way was invoiced (period indexes restart with
+        each term; billing months do not)."""
+        start = self._term_start()
+        return any(invoice.period_index == period_index and invoice.billing_month >= start
+                   for invoice in self.deal.invoices)  # fmt: skip
 
     def _plan(self) -> Quote:
         return self.deal.current_plan or self._signed_quote()
@@ -859,17 +960,19 @@ class DealWorkflow:
             first, last = period.start_month, period.start_month + period.months
         else:
             first, last = billing_month - 1, billing_month  # the usage month just ended
-        service_from = self.policy.months_after(activated_at, first).date()
+        service_from = self._boundary(activated_at, first).date()
         # The last day of service is the day before the next period starts (the same day when a
         # compressed demo month is shorter than a day).
-        period_end = self.policy.months_after(activated_at, last)
+        period_end = self._boundary(activated_at, last)
         service_to = max(service_from, (period_end - timedelta(days=1)).date())
+        # The ledger counts billing months from activation, across renewed terms.
+        ledger_month = self._term_start() + billing_month
         usage = None
-        if bills_usage and billing_month > 0:
+        if bills_usage and ledger_month > 0:
             usage = UsageBilling(
                 activated_at=activated_at,
                 month_seconds=self.policy.month_seconds,
-                through_month=billing_month,
+                through_month=ledger_month,
                 lines=[line for line in quote.lines if line.kind == "usage"],
                 discount_percent=quote.effective_discount_percent,
             )
@@ -882,7 +985,7 @@ class DealWorkflow:
                 InvoiceRequest(
                     deal_id=self.deal_id,
                     lead=self.deal.lead,
-                    billing_month=billing_month,
+                    billing_month=ledger_month,
                     period=period,
                     usage=usage,
                     adjustments=[pending.line for pending in adjustments],
@@ -896,12 +999,12 @@ class DealWorkflow:
                 ),
                 f"issue invoice for period {period.index + 1}"
                 if period is not None
-                else f"bill usage of month {billing_month}",
+                else f"bill usage of month {ledger_month}",
             )
         finally:
             self._billing_step_running = False
         if issued is not None and issued.draft:
-            issued, due_at = await self.finalize_after_review(issued, period, billing_month)
+            issued, due_at = await self.finalize_after_review(issued, period, ledger_month)
         billed = self.deal.pending_adjustments[: len(adjustments)]
         del self.deal.pending_adjustments[: len(adjustments)]
         # Deals recognizing by obligation follow their schedules, whatever is billed.
@@ -911,7 +1014,7 @@ class DealWorkflow:
             return  # usage within the commitment and no period starting: nothing to bill
         # Usage billed in arrears was delivered: it is revenue as soon as it is invoiced.
         self.deal.revenue_recognized += issued.usage_amount
-        invoice = _invoice_view(issued, period, billing_month, due_at)
+        invoice = _invoice_view(issued, period, ledger_month, due_at)
         self.deal.invoices.append(invoice)
         self._refresh_balance()
         self._record(
@@ -1311,12 +1414,10 @@ class DealWorkflow:
             if amount == 0:
                 schedule.months.pop(month_end, None)
                 continue
-            key = (
-                f"provisioning:{schedule.sku}"
-                if month_end == 0
-                else f"month-{month_end}:{schedule.sku}"
-            )
-            when = "at provisioning" if month_end == 0 else f"month {month_end}"
+            # Keys count months from activation, across renewed terms.
+            month = self._term_start() + month_end
+            key = f"provisioning:{schedule.sku}" if month == 0 else f"month-{month}:{schedule.sku}"
+            when = "at provisioning" if month == 0 else f"month {month}"
             await self.recognize(key, schedule.stream, amount, currency,
                                  f"Revenue recognized: {schedule.sku} ({schedule.stream}), {when}")  # fmt: skip
             del schedule.months[month_end]
@@ -1935,8 +2036,8 @@ class DealWorkflow:
             return
         activated_at = self.deal.activated_at
         assert activated_at is not None and self.deal.order_id is not None
-        start = self.policy.months_after(activated_at, period.start_month)
-        end = self.policy.months_after(activated_at, period.start_month + period.months)
+        start = self._boundary(activated_at, period.start_month)
+        end = self._boundary(activated_at, period.start_month + period.months)
         left = max(0, int((end - workflow.now()).total_seconds()))
         remaining = min(Decimal(1), Decimal(left) / Decimal(int((end - start).total_seconds())))
         # The month ends left in the period deliver the proration.
@@ -2276,6 +2377,47 @@ class DealWorkflow:
         self._record(
             "engagement", engagement.by, f"{engagement.kind} +{points} -> score {self.deal.score}"
         )
+
+    @workflow.signal(
+        description="Notice that the contract is not to renew: it ends with the term under way "
+        "(churn). Accepted from signature until the notice deadline of the contract's auto-renewal "
+        "clause (see `renewal` in the state query). "
+        '{"by": "ada.lovelace", "party": "customer", '
+        '"reason": "moving to another vendor"}'
+    )
+    def give_notice(self, payload: RawValue = NO_PAYLOAD) -> None:
+        notice = self._accept("give_notice", payload, GiveNotice,
+                              (Stage.AWAITING_SIGNATURE, Stage.FULFILLING, Stage.ACTIVE))  # fmt: skip
+        if notice is None:
+            return
+        contract, renewal = self.deal.contract, self.deal.renewal
+        given = self.deal.non_renewal_notice
+        reason = None
+        if contract is None or (self._signature is None and contract.signed_at is None):
+            reason = "the contract is not signed yet"
+        elif contract.terms is None:
+            reason = "this deal's contract has no renewal clause (it started before them)"
+        elif contract.terms.auto_renewal is None or not contract.terms.auto_renewal.enabled:
+            reason = "this contract does not renew automatically: it ends with its term"
+        elif given is not None:
+            reason = f"notice was already given by {given.by} on {given.given_at.date()}"
+        elif (
+            renewal is not None
+            and renewal.notice_deadline is not None
+            and (workflow.now() > renewal.notice_deadline)
+        ):
+            reason = (f"notice had to be given by {renewal.notice_deadline} (the contract's "
+                      f"notice period); term {renewal.term + 1} is committed")  # fmt: skip
+        elif self._written_off:
+            reason = COLLECTION_ENDED
+        if reason is not None:
+            self._refuse("give_notice", notice.by, reason)
+            return
+        self.deal.non_renewal_notice = NonRenewalNotice(
+            by=notice.by, party=notice.party, reason=notice.reason, given_at=workflow.now()
+        )
+        ends = f"; the contract ends {renewal.term_ends_at.date()}" if renewal else ""
+        self._record("notice_given", notice.by, f"{notice.party}: {notice.reason}{ends}")
 
     @workflow.signal(
         description='Mark the deal lost (not after signature). {"by": "sam.rep", "reason": "chose a competitor"}'
