@@ -5,6 +5,7 @@ version the change with workflow.patched instead, where deals are in flight), na
 to record (recording one leaves the others as they are):
     python -m tests.record_history recorded-1
     python -m tests.record_history approval-matrix
+    python -m tests.record_history contract-terms
 """
 
 import asyncio
@@ -16,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import Settings, load_business_rules
@@ -39,13 +40,20 @@ async def recording() -> AsyncIterator[WorkflowEnvironment]:
             yield env
 
 
-async def save(handle: WorkflowHandle[Any, Any]) -> None:
-    """Wait for the deal to end, then write its history under tests/histories."""
+async def save(handle: WorkflowHandle[Any, Any], client: Client, runs: int = 1) -> None:
+    """Wait for the deal to end, then write its history under tests/histories: of each of its
+    `runs` runs (continue-as-new), the first as <id>.json, the later ones as <id>-run<n>.json."""
     await handle.result()
-    history = await handle.fetch_history()
     OUT.mkdir(exist_ok=True)
-    (OUT / f"{handle.id}.json").write_text(history.to_json())
-    print(f"recorded {handle.id}: {len(history.events)} events")
+    run_id = handle.first_execution_run_id or handle.run_id
+    for n in range(1, runs + 1):
+        run = client.get_workflow_handle(handle.id, run_id=run_id)
+        history = await run.fetch_history()
+        name = f"{handle.id}.json" if n == 1 else f"{handle.id}-run{n}.json"
+        (OUT / name).write_text(history.to_json())
+        print(f"recorded {name}: {len(history.events)} events")
+        last = history.events[-1].workflow_execution_continued_as_new_event_attributes
+        run_id = last.new_execution_run_id
 
 
 async def record_recorded_1() -> None:
@@ -73,7 +81,7 @@ async def record_recorded_1() -> None:
                 {"invoice_number": inv.number, "amount": str(inv.amount), "reference": f"R{n}"},
             )
             await wait_until(handle, lambda s, n=n: s.invoices[n].status == "paid")
-        await save(handle)
+        await save(handle, env.client)
 
 
 async def record_approval_matrix() -> None:
@@ -102,10 +110,59 @@ async def record_approval_matrix() -> None:
         inv = state.invoices[0]
         await signal(handle, "record_payment", {"invoice_number": inv.number,
                                                 "amount": str(inv.amount), "reference": "R0"})  # fmt: skip
-        await save(handle)
+        await save(handle, env.client)
 
 
-RECORDERS = {"recorded-1": record_recorded_1, "approval-matrix": record_approval_matrix}
+async def record_contract_terms() -> None:
+    """A redline legal approves (by update), revenue by obligation with a seat change (a
+    modification), an automatic renewal into a second run, notice there, both terms paid."""
+    async with recording() as env:
+        handle = await start(env.client, "record", lead_id="L-contract-terms")
+        await wait_for_stage(handle, Stage.QUALIFIED)
+        await signal(handle, "submit_quote", {"submitted_by": "nora.na", "term_months": 2,
+                     "lines": [{"sku": "PLATFORM", "quantity": 10}, {"sku": "ONBOARDING", "quantity": 1}]})  # fmt: skip
+        await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+        await handle.execute_update("propose_terms", {"proposed_by": "ada",
+                                                      "changes": {"payment_terms": 90}})  # fmt: skip
+        await signal(handle, "propose_terms", {"proposed_by": "ada", "changes": {"nope": 1}})
+        await handle.execute_update("approve_terms", {"approver": "lena.legal"})
+        state = await wait_until(
+            handle, lambda s: s.contract is not None and s.contract.revision == 1
+        )
+        assert state.contract is not None
+        await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example",
+                                               "document_sha256": state.contract.document_sha256})  # fmt: skip
+        await wait_until(handle, lambda s: len(s.invoices) == 1)
+        await env.sleep(timedelta(days=10))
+        await signal(handle, "change_quantity", {"sku": "PLATFORM", "quantity": 12})
+        await wait_until(handle, lambda s: s.quantity_changes == 1)
+        paid = 0
+        for _ in range(400):
+            state = await advance_until(env, handle, lambda s: s.stage == Stage.WON or any(
+                i.status == "open" for i in s.invoices) or (s.renewal is not None and s.renewal.term == 2
+                and s.non_renewal_notice is None))  # fmt: skip
+            if state.stage == Stage.WON:
+                break
+            if (
+                state.renewal is not None
+                and state.renewal.term == 2
+                and state.non_renewal_notice is None
+            ):
+                await signal(
+                    handle, "give_notice", {"by": "ada", "party": "customer", "reason": "done"}
+                )
+                await wait_until(handle, lambda s: s.non_renewal_notice is not None)
+            for inv in [i for i in state.invoices if i.status == "open"]:
+                paid += 1
+                await signal(handle, "record_payment", {"invoice_number": inv.number,
+                                                        "amount": str(inv.balance), "reference": f"R{paid}"})  # fmt: skip
+                await wait_until(handle, lambda s, number=inv.number: any(
+                    i.number == number and i.status == "paid" for i in s.invoices))  # fmt: skip
+        await save(handle, env.client, runs=2)
+
+
+RECORDERS = {"recorded-1": record_recorded_1, "approval-matrix": record_approval_matrix,
+             "contract-terms": record_contract_terms}  # fmt: skip
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in RECORDERS:
