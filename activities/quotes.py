@@ -223,15 +223,26 @@ class QuoteActivities:
         except InvalidRedline as err:
             return RedlineReview(refused=str(err))
         review = RedlineReview(terms=terms, risks=risks, changed=changed)
-        if not risks:
-            return review
-        reviewers = library.reviewers(excluded={proposal.proposed_by})
-        if not reviewers:  # nobody could ever decide it: the deal would wait for nothing
-            return RedlineReview(refused=f"it needs legal review, and {proposal.proposed_by} is "
-                                         "the only legal reviewer: another must propose it")  # fmt: skip
-        due = self._rules.approvals.escalation.due(request.requested_at,
-                                                   library.legal.sla_business_hours)  # fmt: skip
-        return review.model_copy(update={"legal_reviewers": reviewers, "legal_due_at": due})
+        matrix, excluded = self._rules.approvals, {proposal.proposed_by}
+        if risks:
+            review.legal_reviewers = library.reviewers(excluded=excluded)
+            if not review.legal_reviewers:  # nobody could ever decide it
+                return RedlineReview(refused=f"it needs legal review, and {proposal.proposed_by} "
+                                             "is the only legal reviewer: another must propose it")  # fmt: skip
+        rule = next((r for r in matrix.rules if r.max_payment_terms_days is not None), None)
+        days = terms.payment_terms_days
+        if (rule is not None and rule.max_payment_terms_days is not None
+                and days > request.current.payment_terms_days
+                and days > rule.max_payment_terms_days):  # fmt: skip
+            review.finance_role = rule.role
+            review.finance_approvers = matrix.eligible(rule.role, excluded)
+            if not review.finance_approvers:
+                return RedlineReview(refused=f"net {days} needs a {rule.role}'s approval "
+                                             f"({rule.name}), and nobody else may give it")  # fmt: skip
+        if review.legal_reviewers or review.finance_approvers:
+            review.legal_due_at = matrix.escalation.due(request.requested_at,
+                                                        library.legal.sla_business_hours)  # fmt: skip
+        return review
 
     @activity.defn
     def remind_legal(self, reminder: LegalReminder) -> datetime:
@@ -239,12 +250,13 @@ class QuoteActivities:
         reminder. Returns when it is due again (one SLA later, in business hours)."""
         library = self._rules.clauses
         if self._mailer is not None:
-            emails = {r.name: r.email for r in library.legal.reviewers}
+            emails = {a.name: a.email for a in self._rules.approvals.approvers}
+            emails |= {r.name: r.email for r in library.legal.reviewers}
             for reviewer in reminder.reviewers:
                 subject, body = render_email("legal_review_reminder.txt", reminder=reminder,
                                              reviewer=reviewer)  # fmt: skip
                 self._mailer.send_once(
-                    key=f"{reminder.deal_id}:legal:{reminder.contract_id}:"
+                    key=f"{reminder.deal_id}:legal:{reminder.contract_id}:{reminder.redline}:"
                     f"{reminder.reminder}:{reviewer}",
                     deal_id=reminder.deal_id,
                     recipient=emails[reviewer],

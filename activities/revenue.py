@@ -27,6 +27,12 @@ class RevenueActivities:
 
     @activity.defn
     def recognize_revenue(self, recognition: RevenueRecognition) -> None:
+        """Dr deferred revenue, Cr the stream's revenue; a negative amount (a contract
+        modification's catch-up) the other way round."""
+        amount, revenue = recognition.amount, _REVENUE_ACCOUNT[recognition.stream]
+        lines = [(DEFERRED_REVENUE, amount, ZERO), (revenue, ZERO, amount)]
+        if amount < 0:
+            lines = [(revenue, -amount, ZERO), (DEFERRED_REVENUE, ZERO, -amount)]
         with Session(self._engine) as session:
             post_entry(
                 session,
@@ -35,9 +41,6 @@ class RevenueActivities:
                 currency=recognition.currency,
                 memo=recognition.memo,
                 posted_at=recognition.recognized_at,
-                lines=[
-                    (DEFERRED_REVENUE, recognition.amount, ZERO),
-                    (_REVENUE_ACCOUNT[recognition.stream], ZERO, recognition.amount),
-                ],
+                lines=lines,
             )
             session.commit()

@@ -36,6 +36,7 @@ OBLIGATIONS = {
     LATE_FEES: "late fees (other income)",
     SALES_CREDITS: "credits given (contra revenue)",
 }
+RECOGNIZED_IN = (REVENUE_SUBSCRIPTION, REVENUE_SERVICES, REVENUE_USAGE)
 AGING_BUCKETS = [(0, "current"), (30, "1-30"), (60, "31-60"), (90, "61-90")]
 
 
@@ -91,7 +92,8 @@ def deferred_revenue_waterfall(engine: Engine) -> list[Row]:
         entries[entry.id] = entry
     for entry_id, lines in by_entry.items():
         entry = entries[entry_id]
-        to_revenue = any(ln.account in OBLIGATIONS and ln.credit > 0 for ln in lines)
+        # Recognition, or a modification's catch-up taking some back (revenue debited).
+        to_revenue = any(ln.account in RECOGNIZED_IN for ln in lines)
         invoiced = any(ln.account == ACCOUNTS_RECEIVABLE and ln.debit > 0 for ln in lines)
         for line in lines:
             if line.account != DEFERRED_REVENUE:

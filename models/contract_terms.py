@@ -121,6 +121,7 @@ class LegalReminder(BaseModel):
     proposed_by: str
     risks: list[TermsRisk]
     reviewers: list[str]
+    redline: int  # the deal's redline number and
     reminder: int  # 1 for the first reminder: the e-mails' natural key
     reminded_at: datetime
 
@@ -136,6 +137,23 @@ class RedlineUnderReview(BaseModel):
     legal_reviewers: list[str]  # any of them decides (signals approve_terms / reject_terms)
     due_at: datetime | None  # past it, the reviewers are reminded (and again one SLA later)
     reminders: int = 0
+    # Longer payment terms also need the approval matrix's role (see RedlineReview).
+    finance_role: str | None = None
+    finance_approvers: list[str] = []
+    legal_approved_by: str | None = None
+    finance_approved_by: str | None = None
+    redline: int = 0  # the deal's redline number: reminders' natural key
+
+    def waiting_for(self) -> list[str]:
+        """Who may still give an approval the redline needs."""
+        legal = self.legal_reviewers if self.risks and self.legal_approved_by is None else []
+        finance = self.finance_approvers if self.finance_approved_by is None else []
+        return list(dict.fromkeys([*legal, *finance]))
+
+    def approved(self) -> bool:
+        return (not self.risks or self.legal_approved_by is not None) and (
+            self.finance_role is None or self.finance_approved_by is not None
+        )
 
 
 class RedlineRequest(BaseModel):
@@ -155,4 +173,8 @@ class RedlineReview(BaseModel):
     risks: list[TermsRisk] = []
     changed: list[str] = []  # clause ids, in the contract's order
     legal_reviewers: list[str] = []  # who may decide, the proposer excluded; empty: no risks
-    legal_due_at: datetime | None = None  # legal's decision is due by then
+    legal_due_at: datetime | None = None  # the review (legal's, finance's) is due by then
+    # Payment terms longer than the quote was approved with, beyond what the approval matrix
+    # lets through: that rule's role (or a higher one) approves them too, as for a quote.
+    finance_role: str | None = None
+    finance_approvers: list[str] = []

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from models.documents import Quote
-from models.money import ZERO, split_in_proportion
+from models.money import ZERO, split_in_proportion, to_cents
 
 RevenueStream = Literal["subscription", "services", "usage"]
 
@@ -58,25 +58,38 @@ def obligation_schedules(quote: Quote, month_ends: list[datetime]) -> list[Oblig
 
 
 def modify_prospectively(
-    schedule: ObligationSchedule, added: Decimal, after_month: int, month_ends: list[datetime]
+    schedule: ObligationSchedule,
+    added: Decimal,
+    after_month: int,
+    month_ends: list[datetime],
+    at: datetime,
 ) -> None:
-    """A contract modification accounted for prospectively: what the obligation has not yet
-    recognized, plus the consideration the change adds (negative when it takes some away), is
-    spread by day over the month ends after `after_month` (`month_ends` as for
-    obligation_schedules). What was recognized stays."""
-    remaining = sum((v for m, v in schedule.months.items() if m > after_month), ZERO)
-    total = remaining + added
-    if total < 0:
-        raise ValueError(
-            f"{schedule.sku}: the change takes away {-added}, more than the {remaining} "
-            "still to recognize"
-        )
-    later = month_ends[after_month:]
-    if len(later) < 2:
+    """A contract modification at `at`, within the month after `after_month` (month ends as
+    for obligation_schedules), accounted for prospectively: that month keeps its old revenue for
+    the days before `at`; the rest not yet recognized, plus the consideration the change adds
+    (negative when it takes some away), is spread by time from `at` to the end of the term.
+    Should the change take away more than is left to recognize, the difference is taken back
+    at the month's end (a cumulative catch-up): revenue recognized stays recognized.
+
+    Refuses (ValueError) a modification after the term: nothing is left to recognize it in."""
+    current = after_month + 1
+    if current >= len(month_ends):
         raise ValueError(f"{schedule.sku}: the term is over, no month is left to recognize in")
+    begin, end = month_ends[after_month], month_ends[current]
+    start = min(max(at, begin), end)
+    old = schedule.months.get(current, ZERO)
+    delivered = to_cents(old * Decimal(int((start - begin).total_seconds()))
+                         / Decimal(int((end - begin).total_seconds())))  # fmt: skip
+    remaining = sum((v for m, v in schedule.months.items() if m > after_month), ZERO) - delivered
+    total = remaining + added
+    later = [start, *month_ends[current:]]
+    if total >= 0 and any(b > a for a, b in itertools.pairwise(later)):
+        shares = split_by_time(total, later)
+    else:  # nothing to spread over (a change at the very end), or a catch-up
+        shares = [total] + [ZERO] * (len(later) - 2)
     kept = {m: v for m, v in schedule.months.items() if m <= after_month}
-    shares = split_by_time(total, later)
-    schedule.months = kept | {after_month + n: s for n, s in enumerate(shares, start=1)}
+    schedule.months = kept | {current + n: share for n, share in enumerate(shares)}
+    schedule.months[current] += delivered
     schedule.allocated += added
     schedule.modifications += 1
 

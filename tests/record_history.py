@@ -126,6 +126,7 @@ async def record_contract_terms() -> None:
                                                       "changes": {"payment_terms": 90}})  # fmt: skip
         await signal(handle, "propose_terms", {"proposed_by": "ada", "changes": {"nope": 1}})
         await handle.execute_update("approve_terms", {"approver": "lena.legal"})
+        await handle.execute_update("approve_terms", {"approver": "carla.cfo"})
         state = await wait_until(
             handle, lambda s: s.contract is not None and s.contract.revision == 1
         )

@@ -346,9 +346,20 @@ def test_review_redline_routes_a_risk_to_legal_but_not_to_its_proposer(
     # 16 business hours (9-17 UTC, Monday to Friday) from Friday 16:00: 1 + 8 + 7.
     assert review.legal_due_at == datetime(2026, 1, 20, 16, 0, tzinfo=UTC)
 
-    safe = env.run(quotes.review_redline, review_request(rules, redline({"payment_terms": 45})))
-    assert safe.terms is not None and safe.terms.payment_terms_days == 45
-    assert (safe.risks, safe.legal_reviewers, safe.legal_due_at) == ([], [], None)
+    # Net 90 is also longer than the approval matrix lets a quote have without the CFO.
+    assert (review.finance_role, review.finance_approvers) == ("cfo", ["carla.cfo"])
+
+    # Net 45: no risk to legal, but still the CFO's; the governing law alone: nobody's.
+    longer = env.run(quotes.review_redline, review_request(rules, redline({"payment_terms": 45})))
+    assert longer.terms is not None and longer.terms.payment_terms_days == 45
+    assert (longer.risks, longer.legal_reviewers) == ([], [])
+    assert longer.finance_approvers == ["carla.cfo"] and longer.legal_due_at is not None
+    safe = env.run(quotes.review_redline,
+                   review_request(rules, redline({"governing_law": "New York"})))  # fmt: skip
+    assert (safe.risks, safe.legal_reviewers, safe.finance_approvers, safe.legal_due_at) == (
+        [], [], [], None)  # fmt: skip
+    shorter = env.run(quotes.review_redline, review_request(rules, redline({"payment_terms": 15})))
+    assert shorter.finance_approvers == []
 
 
 def test_review_redline_returns_a_refusal_instead_of_failing(

@@ -7,11 +7,18 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import Settings, load_business_rules
 from l2c.drill import drill_config
-from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, CUSTOMER_CREDIT, DEFERRED_REVENUE
+from l2c.journal import (
+    ACCOUNTS_RECEIVABLE,
+    CASH,
+    CUSTOMER_CREDIT,
+    DEFERRED_REVENUE,
+    REVENUE_SUBSCRIPTION,
+)
 from l2c.ledger_check import check_ledger
 from models.deal import Stage
 from models.ledger import Entitlement
@@ -94,3 +101,28 @@ async def test_a_bundled_line_changes_only_with_its_bundle(
     await pay_in_full(handle, state.invoices[0])
     assert "PLATFORM is part of GROWTH_BUNDLE" in await refused_after(
         handle, "change_quantity", {"sku": "PLATFORM", "quantity": 20})  # fmt: skip
+
+
+async def test_a_cut_taking_back_more_than_is_left_to_recognize_is_caught_up_not_a_failure(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Seats sell above their SSP and onboarding below it, so the seats' obligation holds less
+    than they bill: cutting 10 seats to 1 takes back more than it has left. The difference is
+    taken back from revenue at once (a cumulative catch-up), never a failed workflow task."""
+    rules = load_business_rules(drill_config(tmp_path / "config", month_seconds=31 * 24 * 3600))
+    async with own_worker(ts_env.client, sqlite_ledger, rules, settings):
+        handle = await start(ts_env.client, settings.task_queue)
+        state = await quote_to_signature(handle, lines=[{"sku": "PLATFORM", "quantity": 10},
+                                                        {"sku": "ONBOARDING", "quantity": 5}])  # fmt: skip
+        await pay_in_full(handle, state.invoices[0])
+        await signal(handle, "change_quantity", {"sku": "PLATFORM", "quantity": 1})
+        state = await wait_until(handle, lambda s: s.quantity_changes == 1)
+        seats = next(s for s in state.revenue_schedules if s.sku == "PLATFORM")
+        assert seats.months[1] < 0  # the catch-up, at the end of the month under way
+        assert sum(seats.months.values(), ZERO) + seats.recognized == seats.allocated
+        state = await advance_until(ts_env, handle, lambda s: s.revenue_schedules[0].recognized < 0)
+        failures = [e async for e in handle.fetch_history_events()
+                    if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]  # fmt: skip
+        assert failures == []
+        by_entry = account_balances(sqlite_ledger, handle.id)  # balanced, catch-up included
+        assert -by_entry[REVENUE_SUBSCRIPTION] == state.revenue_schedules[0].recognized

@@ -139,21 +139,24 @@ def test_each_obligation_s_schedule_sums_to_its_allocation_through_modifications
     seats_line = schedules[0]
     assert sorted(seats_line.months) == list(range(1, term + 1))
     assert schedules[1].months == {0: schedules[1].allocated}  # at provisioning
-    # Seat changes later in the term: recognized months stay, the rest plus the change re-spread.
+    # Seat changes later in the term: recognized months stay, the rest plus the change re-spread
+    # from the moment of the change; a change taking away more than is left is caught up at once.
     for _ in range(data.draw(st.integers(0, 3))):
         after = data.draw(st.integers(0, term - 1))
+        at = month_ends[after] + (month_ends[after + 1] - month_ends[after]) * data.draw(
+            st.floats(0, 1))  # fmt: skip
         still = sum((v for m, v in seats_line.months.items() if m > after), ZERO)
-        added = Decimal(data.draw(st.integers(-int(still * 100), 10**7))) / 100
+        added = Decimal(data.draw(st.integers(-int(still * 100) - 10**6, 10**7))) / 100
         before = {m: v for m, v in seats_line.months.items() if m <= after}
         allocated = seats_line.allocated
-        modify_prospectively(seats_line, added, after, month_ends)
+        modify_prospectively(seats_line, added, after, month_ends, at)
         assert {m: v for m, v in seats_line.months.items() if m <= after} == before
         assert seats_line.allocated == allocated + added
         assert sum(seats_line.months.values(), ZERO) == seats_line.allocated
-    with pytest.raises(ValueError, match="still to recognize"):
-        modify_prospectively(seats_line, -seats_line.allocated - CENT, 0, month_ends)
+        if added >= -still + CENT * term:  # nothing to catch up: every later month is >= 0
+            assert all(v >= 0 for m, v in seats_line.months.items() if m > after + 1)
     with pytest.raises(ValueError, match="term is over"):
-        modify_prospectively(seats_line, CENT, term, month_ends)
+        modify_prospectively(seats_line, CENT, term, month_ends, month_ends[-1])
 
 
 def test_a_split_refuses_what_it_could_not_add_up_exactly() -> None:

@@ -72,12 +72,13 @@ async def test_a_36_month_contract_with_a_redline_a_seat_increase_and_an_automat
     quote = state.quote
     assert quote is not None and quote.term_discount_percent == Decimal("5")
 
-    # Net 90 needs legal; approved, the revision with it is the one signed and billed.
+    # Net 90 needs legal and the CFO; approved, the revision with it is signed and billed.
     await signal(handle, "propose_terms", {"proposed_by": "ada.lovelace",
                                            "changes": {"payment_terms": 90}})  # fmt: skip
     await wait_until(handle, lambda s: s.contract is not None
                      and s.contract.redline_under_review is not None)  # fmt: skip
     await signal(handle, "approve_terms", {"approver": "lena.legal"})
+    await signal(handle, "approve_terms", {"approver": "carla.cfo"})  # net 90: the CFO's too
     state = await wait_until(handle, lambda s: s.contract is not None and s.contract.revision == 1)
     await sign(handle, state, renews=True)
     state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) == 1)

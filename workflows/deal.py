@@ -216,6 +216,7 @@ class DealWorkflow:
         self._legal_decision: ApproveTerms | RejectTerms | None = None
         self._redlines = 0  # redlines proposed in this run
         self._redline_outcomes: dict[int, str] = {}  # redline number -> what became of it
+        self._negotiating = False  # a redline is being reviewed or its revision sent
         self._validating: list[str] | None = None  # refusals of an update's validator
         self._priced: dict[int, str | None] = {}  # quote version -> its pricing refusal, if any
         self._escalations_done = 0  # approval escalations that came back
@@ -258,6 +259,9 @@ class DealWorkflow:
                 reason += f"; not renewed after term {self.deal.renewal.term} (churn)"
             await self.close(outcome, reason)
         except DealEnded as ended:
+            self._drop_redline("the deal ended first")
+            if self.deal.contract is not None:
+                self.deal.contract.redline_under_review = None
             await self.close(ended.stage, ended.reason)
         return self.deal
 
@@ -586,13 +590,25 @@ class DealWorkflow:
 
     async def negotiate_terms(self, quote: Quote) -> None:
         """A customer's redline: refused (with the reason), accepted at once, or, when it makes
-        a clause risky, accepted or rejected by legal within its SLA. An accepted one sends a
-        new revision of the contract."""
+        a clause risky (or payment terms longer than approved), accepted or rejected by legal
+        (and the approval matrix's role) within its SLA. An accepted one sends a new revision of
+        the contract. Nobody signs, and no other redline is taken, until it is decided."""
         proposal, self._redline = self._redline, None
         contract = self.deal.contract
         assert proposal is not None and contract is not None and contract.terms is not None
         self._redlines += 1
         number = self._redlines
+        self._negotiating = True
+        try:
+            outcome = await self._review_redline(quote, contract, proposal, number)
+        finally:
+            self._negotiating = False
+            contract.redline_under_review = None
+        self._redline_outcomes.setdefault(number, outcome)
+
+    async def _review_redline(
+        self, quote: Quote, contract: ContractView, proposal: ProposeTerms, number: int
+    ) -> str:
         review: RedlineReview = await self._call(
             QuoteActivities.review_redline,
             RedlineRequest(
@@ -605,43 +621,54 @@ class DealWorkflow:
             f"review redline {number}",
         )
         if review.refused is not None or review.terms is None:
-            self._redline_outcomes[number] = f"refused: {review.refused}"
             self._refuse("propose_terms", proposal.proposed_by, review.refused or "refused")
-            return
-        if review.risks:
+            return f"refused: {review.refused}"
+        if review.legal_reviewers or review.finance_approvers:
             pending = RedlineUnderReview(
                 proposed_by=proposal.proposed_by, note=proposal.note, changed=review.changed,
                 risks=review.risks, terms=review.terms, legal_reviewers=review.legal_reviewers,
-                due_at=review.legal_due_at)  # fmt: skip
+                due_at=review.legal_due_at, finance_role=review.finance_role,
+                finance_approvers=review.finance_approvers, redline=number)  # fmt: skip
             contract.redline_under_review = pending
+            reasons = [r.reason for r in review.risks]
+            if review.finance_role is not None:
+                reasons.append(f"net {review.terms.payment_terms_days} needs a "
+                               f"{review.finance_role}'s approval too")  # fmt: skip
+            # The update answers now: the decision may take days.
             self._redline_outcomes[number] = (
-                f"needs legal review ({'; '.join(r.reason for r in review.risks)}) by "
-                f"{', '.join(review.legal_reviewers)}, due {review.legal_due_at}")  # fmt: skip
-            self._record("redline_under_legal_review", proposal.proposed_by,
+                f"needs review ({'; '.join(reasons)}) by {', '.join(pending.waiting_for())}, "
+                f"due {review.legal_due_at}")  # fmt: skip
+            self._record("redline_under_review", proposal.proposed_by,
                          self._redline_outcomes[number])  # fmt: skip
-            decision = await self._await_legal(quote, contract, pending)
-            contract.redline_under_review = None
-            if not isinstance(decision, ApproveTerms):
-                return  # rejected (recorded), or the quote ended: the contract stays as it was
+            if not isinstance(await self._await_review(quote, contract, pending), ApproveTerms):
+                return "dropped: rejected, or the contract ended first"  # recorded
+        if self._contract_ended(quote):
+            self._record("redline_dropped", proposal.proposed_by,
+                         "the contract ended (declined, superseded or expired) first")  # fmt: skip
+            return "dropped: the contract ended (declined, superseded or expired) first"
         await self.send_contract(quote, terms=review.terms, revision=contract.revision + 1)
         sent = self.deal.contract
         assert sent is not None
-        self._redline_outcomes.setdefault(number, f"accepted: {sent.contract_id} sha256 "
-                                                  f"{sent.document_sha256}")  # fmt: skip
         self._record("terms_changed", proposal.proposed_by,
                      f"{', '.join(review.changed)} changed: {sent.contract_id} "
                      f"sha256 {sent.document_sha256}")  # fmt: skip
+        return f"accepted: {sent.contract_id} sha256 {sent.document_sha256}"
 
-    async def _await_legal(
+    def _contract_ended(self, quote: Quote) -> bool:
+        """Whether the contract out for signature was declined, or its quote superseded or
+        expired (without recording it: the signature loop does)."""
+        expired = quote.valid_until is not None and workflow.now() >= quote.valid_until
+        return self._decline is not None or self._quote_submission is not None or expired
+
+    async def _await_review(
         self, quote: Quote, contract: ContractView, pending: RedlineUnderReview
     ) -> ApproveTerms | RejectTerms | None:
-        """Legal's decision on a redline; past its SLA the reviewers are reminded by e-mail (and
-        again each SLA after). None: the quote was superseded or expired meanwhile."""
+        """The reviewers' decision on a redline; past its SLA those who may still give an
+        approval are reminded by e-mail (and again each SLA after). None: the contract ended
+        meanwhile."""
 
         def over() -> bool:
-            return (self._legal_decision is not None or self._quote_submission is not None
-                    or self._decline is not None
-                    or (quote.valid_until is not None and workflow.now() >= quote.valid_until))  # fmt: skip
+            return self._legal_decision is not None or self._contract_ended(quote)
 
         while not over():
             moment = pending.due_at
@@ -649,22 +676,22 @@ class DealWorkflow:
                 moment = quote.valid_until
             if moment is None:
                 await self._wait_for(over)
-            elif not await self._wait_until(moment, over, "legal review due") and (
+            elif not await self._wait_until(moment, over, "redline review due") and (
                 pending.due_at is not None and workflow.now() >= pending.due_at
             ):
                 pending.reminders += 1
+                waiting = pending.waiting_for()
                 pending.due_at = await self._call(
                     QuoteActivities.remind_legal,
                     LegalReminder(deal_id=self.deal_id, company=self.deal.lead.company,
                                   contract_id=contract.contract_id,
                                   proposed_by=pending.proposed_by, risks=pending.risks,
-                                  reviewers=pending.legal_reviewers, reminder=pending.reminders,
-                                  reminded_at=workflow.now()),
-                    "remind legal",
+                                  reviewers=waiting, redline=pending.redline,
+                                  reminder=pending.reminders, reminded_at=workflow.now()),
+                    "remind reviewers",
                 )  # fmt: skip
-                self._record("legal_review_overdue", "system",
-                             f"reminded {', '.join(pending.legal_reviewers)}; due again "
-                             f"{pending.due_at}")  # fmt: skip
+                self._record("redline_review_overdue", "system",
+                             f"reminded {', '.join(waiting)}; due again {pending.due_at}")  # fmt: skip
         decision, self._legal_decision = self._legal_decision, None
         return decision
 
@@ -723,6 +750,10 @@ class DealWorkflow:
             if month > first_month and self._time_for_a_new_run(month - first_month):
                 await self._continue_as_new(month, bills_usage)
                 break  # only reached when a write-off began meanwhile
+            if self.deal.revenue_schedules:
+                # A quantity change being priced finishes first: its plan is the one billed
+                # from now on, as its modification of the schedule assumes.
+                await workflow.wait_condition(lambda: not self._changing_quantity)
             # The plan in force: the signed quote, or as a quantity change re-priced it.
             plan = self._plan()
             period = next((p for p in plan.billing_plan if p.start_month == month), None)
@@ -1639,7 +1670,7 @@ class DealWorkflow:
             self._refuse("sign_contract", signature.signer_name,
                          f"a new quote supersedes the one contract {contract.contract_id} was "
                          "sent for; sign the contract sent for it")  # fmt: skip
-        elif self._redline is not None or contract.redline_under_review is not None:
+        elif self._redline is not None or self._negotiating:
             self._refuse("sign_contract", signature.signer_name,
                          f"a redline of {contract.contract_id} is under review; sign the "
                          "revision sent once it is decided")  # fmt: skip
@@ -1701,7 +1732,7 @@ class DealWorkflow:
         number = self._redlines + 1  # the one pending redline is reviewed next
         await workflow.wait_condition(lambda: number in self._redline_outcomes)
         outcome = self._redline_outcomes[number]
-        if not outcome.startswith(("accepted", "needs legal")):
+        if not outcome.startswith(("accepted", "needs review")):
             raise ApplicationError(f"redline {outcome}", non_retryable=True)
         return f"redline {outcome}"
 
@@ -1721,7 +1752,7 @@ class DealWorkflow:
             reason = "the contract was already signed or declined"
         elif self._quote_submission is not None:
             reason = "a new quote supersedes this contract; redline the one sent for it"
-        elif self._redline is not None or contract.redline_under_review is not None:
+        elif self._redline is not None or self._negotiating:
             reason = (f"a redline of {contract.contract_id} is already under review; propose "
                       "more once it is decided")  # fmt: skip
         if reason is not None:
@@ -1781,26 +1812,42 @@ class DealWorkflow:
             return None
         contract = self.deal.contract
         pending = contract.redline_under_review if contract is not None else None
+        who = decision.approver
         reason = None
         if pending is None or self._legal_decision is not None:
-            reason = "no redline is waiting for legal review"
-        elif decision.approver == pending.proposed_by:
+            reason = "no redline is waiting for review"
+        elif who == pending.proposed_by:
             reason = "nobody may decide on their own redline"
-        elif decision.approver not in pending.legal_reviewers:
-            reason = (f"{decision.approver} is not a legal reviewer of this redline "
-                      f"({', '.join(pending.legal_reviewers)})")  # fmt: skip
+        elif who in (pending.legal_approved_by, pending.finance_approved_by):
+            reason = f"{who} already approved it (one person gives one of its approvals)"
+        elif who not in pending.waiting_for():
+            reason = (f"{who} may not decide on this redline "
+                      f"({', '.join(pending.waiting_for())})")  # fmt: skip
         if reason is not None:
-            self._refuse(signal, decision.approver, reason)
+            self._refuse(signal, who, reason)
             return None
         return decision
 
     def _take_legal_decision(self, decision: ApproveTerms | RejectTerms) -> str:
+        pending = self.deal.contract.redline_under_review if self.deal.contract else None
+        assert pending is not None
+        if isinstance(decision, RejectTerms):
+            self._legal_decision = decision
+            self._record("redline_rejected", decision.approver, decision.reason)
+            return "rejected: the contract stays as sent"
+        legal = pending.legal_reviewers if pending.legal_approved_by is None else []
+        if pending.risks and decision.approver in legal:
+            pending.legal_approved_by = decision.approver
+            part = "legal"
+        else:
+            pending.finance_approved_by = decision.approver
+            part = pending.finance_role or "finance"
+        self._record("redline_approved", decision.approver,
+                     f"as {part}: {decision.comment or 'approved'}")  # fmt: skip
+        if not pending.approved():
+            return f"approved as {part}; still needed: {', '.join(pending.waiting_for())}"
         self._legal_decision = decision
-        if isinstance(decision, ApproveTerms):
-            self._record("redline_approved", decision.approver, decision.comment or "approved")
-            return "approved: the revision with the redline is sent for signature"
-        self._record("redline_rejected", decision.approver, decision.reason)
-        return "rejected: the contract stays as sent"
+        return f"approved as {part}: the revision with the redline is sent for signature"
 
     @workflow.signal(
         description="Record a payment received by hand; the same reference counts once. "
@@ -2114,7 +2161,7 @@ class DealWorkflow:
         activated_at = self.deal.activated_at
         assert activated_at is not None
         modify_prospectively(schedule, changed.proration + later_periods, self._recognized_through,
-                             self._month_ends(activated_at, before.term_months))  # fmt: skip
+                             self._month_ends(activated_at, before.term_months), workflow.now())  # fmt: skip
         self._record("contract_modified", "revenue",
                      f"{sku}: {changed.proration + later_periods:+} {before.currency} allocated, "
                      f"{schedule.allocated} in all, recognized over the months left")  # fmt: skip
@@ -2680,8 +2727,8 @@ class DealWorkflow:
             redline = state.contract.redline_under_review
             if redline is not None:
                 lines.append(
-                    f"Redline by {redline.proposed_by} needs legal review: "
-                    f"{', '.join(redline.legal_reviewers)} (signal `approve_terms` / "
+                    f"Redline by {redline.proposed_by} needs review: "
+                    f"{', '.join(redline.waiting_for())} (signal `approve_terms` / "
                     f"`reject_terms`), due {redline.due_at}"
                 )
         if state.invoices:
