@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from l2c.config import Settings
+from l2c.config import BusinessRules, Settings, SspTable
 from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, DEFERRED_REVENUE
 from l2c.ledger_check import check_ledger
 from models.deal import Stage
@@ -23,6 +23,7 @@ from tests.helpers import (
     Handle,
     account_balances,
     final_state,
+    own_worker,
     pay_in_full,
     refused_after,
     sign,
@@ -176,3 +177,30 @@ async def test_notice_is_refused_when_the_contract_does_not_renew_and_after_its_
     final = await final_state(handle)
     assert [i.billing_month for i in final.invoices] == list(range(8))
     assert final.renewal is not None and final.renewal.outcome == "churned"
+
+
+async def test_a_deal_recognizing_as_billed_renews_with_each_month_posted_once(
+    ts_env: WorkflowEnvironment, sqlite_ledger: Engine, settings: Settings, rules: BusinessRules
+) -> None:
+    """Without an SSP table a deal recognizes as billed: its renewed term's months are posted
+    under their own keys (months from activation), never taken for term 1's."""
+    async with own_worker(ts_env.client, sqlite_ledger,
+                          rules.model_copy(update={"ssp": SspTable()}), settings):  # fmt: skip
+        handle = await start(ts_env.client, settings.task_queue)
+        await wait_for_stage(handle, Stage.QUALIFIED)
+        await signal(handle, "submit_quote", {"submitted_by": "nora.na", "term_months": 4,
+                                              "lines": [{"sku": "PLATFORM", "quantity": 5}]})  # fmt: skip
+        state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+        await sign(handle, state, renews=True)
+        state = await wait_for_stage(handle, Stage.ACTIVE)
+        assert state.revenue_schedules == []
+        await pay_as_billed(ts_env, handle, lambda s: s.renewal is not None and s.renewal.term == 2)
+        await signal(handle, "give_notice", NOTICE)
+        await wait_until(handle, lambda s: s.non_renewal_notice is not None)
+        await pay_as_billed(ts_env, handle, lambda s: s.stage == Stage.WON)
+        final = await final_state(handle)
+    assert sorted(recognized_by_key(sqlite_ledger, handle.id)) == sorted(
+        f"month-{n}" for n in range(1, 9))  # fmt: skip
+    billed = sum((i.amount for i in final.invoices), ZERO)
+    assert final.revenue_recognized == billed
+    assert account_balances(sqlite_ledger, handle.id).get(DEFERRED_REVENUE, ZERO) == ZERO

@@ -779,6 +779,8 @@ class DealWorkflow:
             if workflow.now() < month_end:
                 break  # written off before this month was delivered
             if self.deal.revenue_schedules:
+                # A quantity change under way modifies the schedule of the month ending first.
+                await workflow.wait_condition(lambda: not self._changing_quantity)
                 self._recognized_through = month + 1
                 await self.recognize_obligations(month + 1)
                 self._month_end_due = None
@@ -788,8 +790,11 @@ class DealWorkflow:
             self._recognized_through = month + 1  # a change from now on spreads over later months
             if delivered > 0:
                 self._billing_step_running = True
-                await self.recognize(
-                    f"month-{month + 1}", "subscription", delivered, quote.currency
+                await self.recognize(  # keys count months from activation, across terms
+                    f"month-{self._term_start() + month + 1}",
+                    "subscription",
+                    delivered,
+                    quote.currency,
                 )
                 self._billing_step_running = False
             self._month_end_due = None
@@ -846,43 +851,56 @@ class DealWorkflow:
         """The contract renews for another term: the plan in force, priced with the uplift
         (a new quote version in the ledger), allocated over its obligations again, and billed in
         a new run of the same workflow (continue-as-new: one deal, its runs chained). Invoices
-        still open are collected by the new run. Returns only if a write-off began meanwhile."""
+        still open are collected by the new run. Returns if the renewal could not be priced, or
+        a write-off began meanwhile (the deal then ends with this term)."""
         renewal = self.deal.renewal
         assert renewal is not None
         plan = self._plan()
         version = self._quote_versions + 1
-        renewed: Quote = await self._call(
-            QuoteActivities.renew_quote,
-            RenewalRequest(
-                deal_id=self.deal_id,
-                plan=plan,
-                version=version,
-                uplift_percent=renewal.uplift_percent,
-                customer=self.deal.lead.company,
-            ),
-            f"price renewal term {renewal.term + 1}",
-        )
-        self._quote_versions = version
-        renewal.outcome = "renewed"
-        self.deal.quote = renewed
-        self.deal.current_plan = None
-        self.deal.recognition_schedule = {}
-        self.deal.renewal = self._renewal_view(
-            renewal.term + 1, renewal.term_start_month + plan.term_months, renewed
-        )
-        self.deal.revenue_schedules = (
-            obligation_schedules(renewed, self._month_ends(activated_at, renewed.term_months))
-            if renewed.obligations
-            else []
-        )
-        self._record("contract_renewed", "system",
-                     f"term {renewal.term + 1} from {renewal.term_ends_at.date()}: quote "
-                     f"v{version}, net {renewed.net_total} {renewed.currency} "
-                     f"({renewal.uplift_percent}% uplift)")  # fmt: skip
-        await self._continue_as_new(0, bills_usage)
+        try:
+            renewed: Quote = await self._call(
+                QuoteActivities.renew_quote,
+                RenewalRequest(
+                    deal_id=self.deal_id,
+                    plan=plan,
+                    version=version,
+                    uplift_percent=renewal.uplift_percent,
+                    customer=self.deal.lead.company,
+                ),
+                f"price renewal term {renewal.term + 1}",
+            )
+        except ActivityError as err:  # the catalog or SSP table lost a product meanwhile
+            cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
+            self._record("renewal_failed", "system", f"{cause}; the contract ends with its term")
+            return
+
+        def renew() -> None:  # only once nothing can change this run's state any more
+            self._quote_versions = version
+            renewal.outcome = "renewed"
+            self.deal.quote = renewed
+            self.deal.current_plan = None
+            self.deal.recognition_schedule = {}
+            for pending in self.deal.pending_adjustments:  # billed next: delivered already
+                pending.recognition = {0: sum(pending.recognition.values(), ZERO)}
+            self.deal.renewal = self._renewal_view(
+                renewal.term + 1, renewal.term_start_month + plan.term_months, renewed
+            )
+            self.deal.revenue_schedules = (
+                obligation_schedules(renewed, self._month_ends(activated_at, renewed.term_months))
+                if renewed.obligations
+                else []
+            )
+            self._record("contract_renewed", "system",
+                         f"term {renewal.term + 1} from {renewal.term_ends_at.date()}: quote "
+                         f"v{version}, net {renewed.net_total} {renewed.currency} "
+                         f"({renewal.uplift_percent}% uplift)")  # fmt: skip
+
+        await self._continue_as_new(0, bills_usage, before=renew)
+        self._record("renewal_failed", "system", "written off before the renewal began")
 
     def _record_churn(self) -> None:
-        """A term ended without renewal: the customer is lost to churn once it is paid up."""
+        """A term ended without renewal: the customer is lost to churn (recorded at the term's
+        end; the deal closes once it is paid up, or is written off)."""
         renewal = self.deal.renewal
         if renewal is None or renewal.outcome != "pending" or self._written_off:
             return
@@ -941,16 +959,21 @@ class DealWorkflow:
             or workflow.info().is_continue_as_new_suggested()
         )
 
-    async def _continue_as_new(self, next_month: int, bills_usage: bool) -> None:
+    async def _continue_as_new(
+        self, next_month: int, bills_usage: bool, before: Callable[[], None] | None = None
+    ) -> None:
         """Carry the deal into a new run at a month boundary, once nothing is under way: no
-        activity (a card charge, a reminder, a posting) and no signal handler. Invoices still open
-        are collected by the new run from the reminder and card attempt they reached. Returns only
-        if a write-off began meanwhile, which this run finishes."""
+        activity (a card charge, a reminder, a posting) and no signal handler; `before` changes
+        the state carried at that moment. Invoices still open are collected by the new run from
+        the reminder and card attempt they reached. Returns only if a write-off began meanwhile,
+        which this run finishes."""
         await workflow.wait_condition(
             lambda: self._activities_running == 0 and workflow.all_handlers_finished()
         )
         if self._written_off:
             return
+        if before is not None:
+            before()
         state = self.deal.model_copy(deep=True)
         kept = state.events[-KEEP_EVENTS:]
         state.earlier_events += len(state.events) - len(kept)
@@ -1835,9 +1858,15 @@ class DealWorkflow:
             self._legal_decision = decision
             self._record("redline_rejected", decision.approver, decision.reason)
             return "rejected: the contract stays as sent"
-        legal = pending.legal_reviewers if pending.legal_approved_by is None else []
-        if pending.risks and decision.approver in legal:
-            pending.legal_approved_by = decision.approver
+        who = decision.approver
+        legal = (
+            pending.risks and pending.legal_approved_by is None and who in pending.legal_reviewers
+        )
+        finance = pending.finance_approved_by is None and who in pending.finance_approvers
+        if legal and finance:  # either: take the one nobody else could give
+            legal = any(p != who for p in pending.finance_approvers)
+        if legal:
+            pending.legal_approved_by = who
             part = "legal"
         else:
             pending.finance_approved_by = decision.approver
@@ -2451,7 +2480,7 @@ class DealWorkflow:
         elif (
             renewal is not None
             and renewal.notice_deadline is not None
-            and (workflow.now() > renewal.notice_deadline)
+            and (workflow.now() >= renewal.notice_deadline)
         ):
             reason = (f"notice had to be given by {renewal.notice_deadline} (the contract's "
                       f"notice period); term {renewal.term + 1} is committed")  # fmt: skip
