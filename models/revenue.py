@@ -32,6 +32,11 @@ class ObligationSchedule(BaseModel):
     months: dict[int, Decimal]  # month end -> amount still to recognize then
     recognized: Decimal = ZERO
     modifications: int = 0  # contract modifications that re-spread it
+    # The latest modification: when, in which month (its end), and what that month had
+    # delivered by then; the rest of the month runs at the rate it set.
+    modified_at: datetime | None = None
+    modified_month: int | None = None
+    delivered_by_then: Decimal = ZERO
 
 
 def obligation_schedules(quote: Quote, month_ends: list[datetime]) -> list[ObligationSchedule]:
@@ -75,11 +80,17 @@ def modify_prospectively(
     current = after_month + 1
     if current >= len(month_ends):
         raise ValueError(f"{schedule.sku}: the term is over, no month is left to recognize in")
-    begin, end = month_ends[after_month], month_ends[current]
-    start = min(max(at, begin), end)
+    # What the month has delivered: at its rate since its start, or since the month's latest
+    # modification (before which it delivered `delivered_by_then`).
+    mark, by_mark = month_ends[after_month], ZERO
+    if schedule.modified_month == current and schedule.modified_at is not None:
+        mark, by_mark = schedule.modified_at, schedule.delivered_by_then
+    end = month_ends[current]
+    start = min(max(at, mark), end)
     old = schedule.months.get(current, ZERO)
-    delivered = to_cents(old * Decimal(int((start - begin).total_seconds()))
-                         / Decimal(int((end - begin).total_seconds())))  # fmt: skip
+    span = Decimal(int((end - mark).total_seconds()))
+    elapsed = Decimal(int((start - mark).total_seconds()))
+    delivered = by_mark + to_cents((old - by_mark) * elapsed / span) if span > 0 else old
     remaining = sum((v for m, v in schedule.months.items() if m > after_month), ZERO) - delivered
     total = remaining + added
     later = [start, *month_ends[current:]]
@@ -92,6 +103,8 @@ def modify_prospectively(
     schedule.months[current] += delivered
     schedule.allocated += added
     schedule.modifications += 1
+    schedule.modified_at, schedule.modified_month = start, current
+    schedule.delivered_by_then = delivered
 
 
 def split_by_time(amount: Decimal, bounds: list[datetime]) -> list[Decimal]:

@@ -2,7 +2,7 @@
 standalone selling price, and ratable schedules by day."""
 
 import itertools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +17,12 @@ from l2c.pricing import price_quote
 from models.calendar import add_months
 from models.documents import QuoteRequest
 from models.money import ZERO, split_in_proportion
-from models.revenue import modify_prospectively, obligation_schedules, split_by_time
+from models.revenue import (
+    ObligationSchedule,
+    modify_prospectively,
+    obligation_schedules,
+    split_by_time,
+)
 from models.signals import SubmitQuote
 
 CENT = Decimal("0.01")
@@ -168,3 +173,19 @@ def test_a_split_refuses_what_it_could_not_add_up_exactly() -> None:
         with pytest.raises(ValueError):
             split_in_proportion(total, weights)
     assert period_of(datetime(2026, 1, 31, 23, 30)) == "2026-01"  # no time zone: UTC
+
+
+def test_a_second_change_in_a_month_keeps_what_each_rate_delivered() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    month_ends = [start, start + timedelta(days=30), start + timedelta(days=60)]
+    seats = ObligationSchedule(sku="PLATFORM", stream="subscription", allocated=Decimal("200.00"),
+                               months={1: Decimal("100.00"), 2: Decimal("100.00")})  # fmt: skip
+    # Mid-month the rate triples: 50.00 delivered, 150.00 left plus 300.00 over 45 days.
+    modify_prospectively(seats, Decimal("300.00"), 0, month_ends, start + timedelta(days=15))
+    assert seats.months == {1: Decimal("200.00"), 2: Decimal("300.00")}
+    # A change adding nothing at three quarters of the month leaves the schedule as it is:
+    # 50.00 at the old rate and 75.00 at the new one were delivered by then.
+    modify_prospectively(seats, ZERO, 0, month_ends, start + timedelta(days=22, hours=12))
+    assert seats.delivered_by_then == Decimal("125.00")
+    assert seats.months == {1: Decimal("200.00"), 2: Decimal("300.00")}
+    assert seats.allocated == Decimal("500.00") and seats.modifications == 2
