@@ -37,6 +37,7 @@ def build_activities(
         quotes.review_redline,
         quotes.remind_legal,
         quotes.renew_quote,
+        quotes.is_signed_contract,
         quotes.record_signature,
         fulfilment.provision_order,
         fulfilment.set_entitlements_active,

@@ -25,6 +25,7 @@ from models.documents import (
     QuoteRequest,
     RenewalRequest,
     SignatureRecord,
+    SignedContractCheck,
 )
 from models.ledger import ContractRecord, QuoteLineRecord, QuoteRecord
 
@@ -265,6 +266,14 @@ class QuoteActivities:
                 )
         return self._rules.approvals.escalation.due(reminder.reminded_at,
                                                     library.legal.sla_business_hours)  # fmt: skip
+
+    @activity.defn
+    def is_signed_contract(self, check: SignedContractCheck) -> bool:
+        """Whether the ledger holds this deal's contract, signed, with this document."""
+        with Session(self._engine) as session:
+            row = session.get(ContractRecord, check.contract_id)
+        return (row is not None and row.deal_id == check.deal_id and row.signed_at is not None
+                and row.document_sha256 == check.document_sha256)  # fmt: skip
 
     @activity.defn
     def record_signature(self, signature: SignatureRecord) -> None:

@@ -202,6 +202,14 @@ class ContractDocument(BaseModel):
     terms: ContractTerms | None = None  # the clauses it was rendered with
 
 
+class SignedContractCheck(BaseModel):
+    """Is this contract of the deal in the ledger, signed, with this document?"""
+
+    deal_id: str
+    contract_id: str
+    document_sha256: str
+
+
 class SignatureRecord(BaseModel):
     deal_id: str
     contract_id: str

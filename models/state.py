@@ -134,7 +134,11 @@ class RenewalView(BaseModel):
     auto_renews: bool
     uplift_percent: Decimal = Decimal(0)
     notice_deadline: datetime | None = None  # non-renewal notice is accepted until then
-    outcome: Literal["pending", "renewed", "churned"] = "pending"
+    outcome: Literal["pending", "quoting", "renewed", "churned"] = "pending"
+    # Without auto-renewal: a renewal quote opens (a workflow of its own, this id) in the month
+    # of this moment; signed by the end of the term, the deal renews on it.
+    renewal_quote_opens_at: datetime | None = None
+    renewal_workflow_id: str | None = None
 
 
 class NonRenewalNotice(BaseModel):
@@ -142,6 +146,13 @@ class NonRenewalNotice(BaseModel):
     party: str  # customer or seller
     reason: str
     given_at: datetime
+
+
+class RenewalAgreed(BaseModel):
+    """What a renewal quote's workflow tells its deal: the quote and the contract signed."""
+
+    quote: Quote
+    contract: ContractView
 
 
 class DealState(BaseModel):
@@ -179,6 +190,7 @@ class DealState(BaseModel):
     # Deals with contract terms: the term under way and its renewal (None: deals from before).
     renewal: RenewalView | None = None
     non_renewal_notice: NonRenewalNotice | None = None  # given: the term under way is the last
+    renewal_agreed: RenewalAgreed | None = None  # a renewal quote signed for the next term
     card_on_file: CardOnFile | None = None
     events: list[DealEvent] = Field(default_factory=list)
     # Continue-as-new: the run of the workflow this is, and the events left in earlier runs'
@@ -195,3 +207,6 @@ class DealContinuation(BaseModel):
     bills_usage: bool  # whether this deal bills metered usage in arrears (decided in its 1st run)
     cash_application: bool = True  # payments spread over invoices, credit held (ditto)
     quote_versions: int
+    # A renewal quote of the deal (its quote, approvals and contract, in a workflow of its own)
+    # rather than the deal's next run.
+    renewal_quote: bool = False

@@ -9,6 +9,7 @@ from decimal import Decimal
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import BusinessRules, Settings, SspTable
@@ -17,9 +18,10 @@ from l2c.ledger_check import check_ledger
 from models.deal import Stage
 from models.ledger import JournalEntry, JournalLine
 from models.money import ZERO
-from models.state import DealState
+from models.state import DealState, RenewalAgreed
 from tests.helpers import (
     NOTICE,
+    STARTED,
     Handle,
     account_balances,
     final_state,
@@ -204,3 +206,83 @@ async def test_a_deal_recognizing_as_billed_renews_with_each_month_posted_once(
     billed = sum((i.amount for i in final.invoices), ZERO)
     assert final.revenue_recognized == billed
     assert account_balances(sqlite_ledger, handle.id).get(DEFERRED_REVENUE, ZERO) == ZERO
+
+
+async def strike_auto_renewal(handle: Handle, term_months: int) -> DealState:
+    """A quote, a redline striking auto-renewal that legal approves, the revision signed."""
+    await wait_for_stage(handle, Stage.QUALIFIED)
+    await signal(handle, "submit_quote", {"submitted_by": "nora.na", "term_months": term_months,
+                                          "lines": [{"sku": "PLATFORM", "quantity": 10}]})  # fmt: skip
+    await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    await handle.execute_update("propose_terms", {"proposed_by": "ada", "remove": ["auto_renewal"]})
+    await signal(handle, "approve_terms", {"approver": "lena.legal"})
+    state = await wait_until(handle, lambda s: s.contract is not None and s.contract.revision == 1)
+    await sign(handle, state, renews=True)
+    state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) >= 1)
+    assert state.renewal is not None and not state.renewal.auto_renews
+    assert state.renewal.renewal_quote_opens_at is not None
+    return state
+
+
+async def test_without_auto_renewal_a_renewal_quote_is_approved_signed_and_billed(
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await strike_auto_renewal(handle, term_months=4)
+    assert "does not renew automatically" in await refused_after(handle, "give_notice", NOTICE)
+    state = await pay_as_billed(ts_env, handle, lambda s: s.renewal is not None
+                                and s.renewal.outcome == "quoting")  # fmt: skip
+    assert (
+        state.renewal is not None and state.renewal.renewal_workflow_id == f"{handle.id}-renewal-2"
+    )
+    renewal: Handle = ts_env.client.get_workflow_handle(state.renewal.renewal_workflow_id,
+                                                        result_type=DealState)  # fmt: skip
+    STARTED.setdefault(deal_worker.task_queue, []).append(renewal)  # retired if the test fails
+    # Only the renewal's own workflow can say it is signed: a made-up contract is refused.
+    assert state.quote is not None and state.contract is not None
+    forged = RenewalAgreed(quote=state.quote.model_copy(update={"version": 2}),
+                           contract=state.contract.model_copy(update={"contract_id": "made-up"}))  # fmt: skip
+    assert "made-up is not a signed renewal" in await refused_after(
+        handle, "renewal_signed", forged
+    )
+    # The renewal quote goes through pricing and approvals again, in its own workflow.
+    await wait_for_stage(renewal, Stage.QUALIFIED)
+    await signal(renewal, "submit_quote", {"submitted_by": "nora.na", "term_months": 4,
+                                           "discount_percent": "15",
+                                           "lines": [{"sku": "PLATFORM", "quantity": 12}]})  # fmt: skip
+    await wait_for_stage(renewal, Stage.AWAITING_APPROVAL)
+    await signal(renewal, "approve_discount", {"approver": "mia.manager"})
+    quoted = await wait_for_stage(renewal, Stage.AWAITING_SIGNATURE)
+    await sign(renewal, quoted, renews=True)
+    await wait_for_stage(renewal, Stage.WON)
+    await wait_until(handle, lambda s: s.renewal_agreed is not None)
+    # At the end of the term the deal renews on the signed renewal: its quote, its contract.
+    state = await pay_as_billed(ts_env, handle, lambda s: s.renewal is not None
+                                and s.renewal.term == 2)  # fmt: skip
+    assert state.quote is not None and state.quote.version == 2
+    assert state.contract is not None and state.contract.contract_id == f"{handle.id}-C2"
+    assert state.contract.signed_by == "Ada Lovelace"
+    assert state.renewal is not None and state.renewal.auto_renews  # the new contract's terms
+    await signal(handle, "give_notice", NOTICE)
+    await wait_until(handle, lambda s: s.non_renewal_notice is not None)
+    await pay_as_billed(ts_env, handle, lambda s: s.stage == Stage.WON)
+    final = await final_state(handle)
+    term_two = [i.amount for i in final.invoices if i.billing_month >= 4]
+    assert term_two == [Decimal("510.00")] * 4  # 12 seats x 50.00 less 15%
+    assert final.renewal is not None and final.renewal.outcome == "churned"
+
+
+async def test_a_renewal_quote_not_signed_by_the_end_of_the_term_is_closed_and_the_deal_churns(
+    ts_env: WorkflowEnvironment, deal_worker: Settings
+) -> None:
+    handle = await start(ts_env.client, deal_worker.task_queue)
+    await strike_auto_renewal(handle, term_months=2)
+    await pay_as_billed(ts_env, handle, lambda s: s.stage == Stage.WON)
+    final = await final_state(handle)
+    assert final.renewal is not None and final.renewal.renewal_workflow_id is not None
+    assert final.renewal.outcome == "churned"
+    assert "renewal quote was not signed in time" in next(
+        e.detail for e in final.events if e.kind == "churned")  # fmt: skip
+    renewal = ts_env.client.get_workflow_handle(final.renewal.renewal_workflow_id)
+    description = await renewal.describe()
+    assert description.status == WorkflowExecutionStatus.CANCELED

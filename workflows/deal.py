@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
@@ -71,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         RenewalRequest,
         RevenueRecognition,
         SignatureRecord,
+        SignedContractCheck,
         UsageBilling,
         WriteOffRequest,
     )
@@ -103,6 +105,7 @@ with workflow.unsafe.imports_passed_through():
         NonRenewalNotice,
         PendingApproval,
         PendingProration,
+        RenewalAgreed,
         RenewalView,
         RequiredApproval,
     )
@@ -150,6 +153,10 @@ APPROVAL_MATRIX = "approval-matrix"
 
 # Version marker: contracts carry the clause library's terms, and customers may redline them.
 CONTRACT_TERMS = "contract-terms"
+
+# Without an auto-renewal clause, a renewal quote opens this many days before the term ends (at
+# most half the term): the clause library's standard notice period.
+RENEWAL_QUOTE_LEAD_DAYS = 60
 
 # Version marker: payments spread over open invoices, overpayments held as customer credit.
 CASH_APPLICATION = "cash-application"
@@ -244,6 +251,8 @@ class DealWorkflow:
         if self._lead_error is not None:
             # A workflow started with a bad lead fails at once and is never retried.
             raise ApplicationError(self._lead_error, type="InvalidLead", non_retryable=True)
+        if self._resume is not None and self._resume.renewal_quote:
+            return await self.quote_renewal()
         try:
             if self._resume is None:  # a later run of the deal resumes its billing loop below
                 await self.capture_lead()
@@ -750,6 +759,7 @@ class DealWorkflow:
             if month > first_month and self._time_for_a_new_run(month - first_month):
                 await self._continue_as_new(month, bills_usage)
                 break  # only reached when a write-off began meanwhile
+            await self._open_renewal_quote_if_due(activated_at, month)
             if self.deal.revenue_schedules:
                 # A quantity change being priced finishes first: its plan is the one billed
                 # from now on, as its modification of the schedule assumes.
@@ -801,6 +811,7 @@ class DealWorkflow:
         else:
             if await self._renews():
                 await self.renew_term(activated_at, bills_usage)  # returns only if written off
+            await self._close_renewal_quote()
             pending = bills_usage or self.deal.pending_adjustments
             if pending and not await self._billing_stopped():
                 # The last month's usage (in arrears) and any late proration, once the term is over.
@@ -829,23 +840,95 @@ class DealWorkflow:
         assert contract is not None and contract.terms is not None and activated_at is not None
         ends_at = self.policy.months_after(activated_at, start_month + quote.term_months)
         clause = contract.terms.auto_renewal
+        # The notice period, but never more than half the term (the contract says so): a short
+        # term can still be ended during it. Without the clause, a renewal quote opens as long
+        # before the end as the standard notice period would be.
+        starts_at = self.policy.months_after(activated_at, start_month)
+        days = clause.notice_days if clause is not None else RENEWAL_QUOTE_LEAD_DAYS
+        notice = min(timedelta(days=days), (ends_at - starts_at) / 2)
         if clause is None or not clause.enabled:
             return RenewalView(term=term, term_start_month=start_month, term_ends_at=ends_at,
-                               auto_renews=False)  # fmt: skip
-        # The notice period, but never more than half the term (the contract says so): a short
-        # term can still be ended during it.
-        starts_at = self.policy.months_after(activated_at, start_month)
-        notice = min(timedelta(days=clause.notice_days), (ends_at - starts_at) / 2)
+                               auto_renews=False, renewal_quote_opens_at=ends_at - notice)  # fmt: skip
         return RenewalView(term=term, term_start_month=start_month, term_ends_at=ends_at,
                            auto_renews=True, uplift_percent=clause.uplift_percent,
                            notice_deadline=ends_at - notice)  # fmt: skip
 
     async def _renews(self) -> bool:
-        """Whether the term just ended renews: automatically, without notice, not written off."""
+        """Whether the term just ended renews: automatically without notice, or on a renewal
+        quote signed in time; and not written off."""
         renewal = self.deal.renewal
-        if renewal is None or not renewal.auto_renews or self.deal.non_renewal_notice is not None:
+        if renewal is None:
+            return False
+        if not renewal.auto_renews and self.deal.renewal_agreed is None:
+            return False
+        if renewal.auto_renews and self.deal.non_renewal_notice is not None:
             return False
         return not await self._billing_stopped()
+
+    async def _open_renewal_quote_if_due(self, activated_at: datetime, month: int) -> None:
+        """A contract without auto-renewal: in the month its renewal quote opens, a workflow of
+        its own (`<deal>-renewal-<term>`) runs the quote, approvals and contract for the next
+        term on the deal's price book; ops act on it as on a new deal. Signed, it tells the
+        deal (signal `renewal_signed`), which renews on it at the end of the term."""
+        renewal = self.deal.renewal
+        if (renewal is None or renewal.outcome != "pending" or renewal.renewal_quote_opens_at is None
+                or self._boundary(activated_at, month + 1) <= renewal.renewal_quote_opens_at):  # fmt: skip
+            return
+        state = self.deal.model_copy(deep=True)
+        # The renewal starts from the deal's lead, owner, policy and price book; its contract
+        # and money stay with the deal.
+        state.contract = None
+        state.pending_approval = None
+        state.invoices, state.events, state.disputes = [], [], []
+        child_id = f"{self.deal_id}-renewal-{renewal.term + 1}"
+        await workflow.start_child_workflow(
+            WORKFLOW_TYPE,
+            DealContinuation(continued=state, next_month=0, bills_usage=False,
+                             quote_versions=self._quote_versions, renewal_quote=True),
+            id=child_id,
+            parent_close_policy=ParentClosePolicy.ABANDON,  # it outlives this run
+        )  # fmt: skip
+        renewal.outcome, renewal.renewal_workflow_id = "quoting", child_id
+        self._record("renewal_quote_opened", "system",
+                     f"{child_id}: quote term {renewal.term + 1} there (submit_quote, approvals, "
+                     f"sign_contract) by {renewal.term_ends_at}")  # fmt: skip
+
+    async def _close_renewal_quote(self) -> None:
+        """The term ended without a renewal signed: its quote workflow is cancelled."""
+        renewal = self.deal.renewal
+        if (renewal is None or renewal.outcome != "quoting" or renewal.renewal_workflow_id is None
+                or self.deal.renewal_agreed is not None):  # fmt: skip
+            return
+        try:
+            await workflow.get_external_workflow_handle(renewal.renewal_workflow_id).cancel()
+        except Exception as err:  # it ended meanwhile (lost, or signed too late): nothing to stop
+            workflow.logger.info(
+                "renewal quote %s not cancelled: %s", renewal.renewal_workflow_id, err
+            )
+        self._record("renewal_quote_closed", "system",
+                     f"{renewal.renewal_workflow_id}: not signed by the end of the term")  # fmt: skip
+
+    async def quote_renewal(self) -> DealState:
+        """A renewal quote's own workflow: quote, approvals and contract as for a new deal,
+        then the signed quote and contract go to the deal. Marked lost, it ends lost without
+        touching the deal, which then ends with its term."""
+        try:
+            quote = await self.agree_quote_and_contract()
+        except DealEnded as ended:
+            self._drop_redline("the renewal ended first")
+            self.deal.pending_approval = None
+            self._set_stage(ended.stage)
+            self._record(f"renewal_{ended.stage.value}", "system", ended.reason)
+            return self.deal
+        contract = self.deal.contract
+        assert contract is not None
+        await workflow.get_external_workflow_handle(self.deal_id).signal(
+            "renewal_signed", RenewalAgreed(quote=quote, contract=contract)
+        )
+        self._set_stage(Stage.WON)
+        self._record("renewal_signed", contract.signed_by or "customer",
+                     f"{contract.contract_id}: quote v{quote.version} sent to {self.deal_id}")  # fmt: skip
+        return self.deal
 
     async def renew_term(self, activated_at: datetime, bills_usage: bool) -> None:
         """The contract renews for another term: the plan in force, priced with the uplift
@@ -857,17 +940,22 @@ class DealWorkflow:
         assert renewal is not None
         plan = self._plan()
         version = self._quote_versions + 1
+        agreed = self.deal.renewal_agreed
         try:
-            renewed: Quote = await self._call(
-                QuoteActivities.renew_quote,
-                RenewalRequest(
-                    deal_id=self.deal_id,
-                    plan=plan,
-                    version=version,
-                    uplift_percent=renewal.uplift_percent,
-                    customer=self.deal.lead.company,
-                ),
-                f"price renewal term {renewal.term + 1}",
+            renewed: Quote = (
+                agreed.quote
+                if agreed is not None
+                else await self._call(
+                    QuoteActivities.renew_quote,
+                    RenewalRequest(
+                        deal_id=self.deal_id,
+                        plan=plan,
+                        version=version,
+                        uplift_percent=renewal.uplift_percent,
+                        customer=self.deal.lead.company,
+                    ),
+                    f"price renewal term {renewal.term + 1}",
+                )
             )
         except ActivityError as err:  # the catalog or SSP table lost a product meanwhile
             cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
@@ -875,8 +963,11 @@ class DealWorkflow:
             return
 
         def renew() -> None:  # only once nothing can change this run's state any more
-            self._quote_versions = version
+            self._quote_versions = renewed.version
             renewal.outcome = "renewed"
+            if agreed is not None:  # its own contract, signed for the new term
+                self.deal.contract = agreed.contract
+                self.deal.renewal_agreed = None
             self.deal.quote = renewed
             self.deal.current_plan = None
             self.deal.recognition_schedule = {}
@@ -890,10 +981,11 @@ class DealWorkflow:
                 if renewed.obligations
                 else []
             )
+            how = (f"contract {agreed.contract.contract_id} signed" if agreed is not None
+                   else f"{renewal.uplift_percent}% uplift")  # fmt: skip
             self._record("contract_renewed", "system",
                          f"term {renewal.term + 1} from {renewal.term_ends_at.date()}: quote "
-                         f"v{version}, net {renewed.net_total} {renewed.currency} "
-                         f"({renewal.uplift_percent}% uplift)")  # fmt: skip
+                         f"v{renewed.version}, net {renewed.net_total} {renewed.currency} ({how})")  # fmt: skip
 
         await self._continue_as_new(0, bills_usage, before=renew)
         self._record("renewal_failed", "system", "written off before the renewal began")
@@ -902,11 +994,13 @@ class DealWorkflow:
         """A term ended without renewal: the customer is lost to churn (recorded at the term's
         end; the deal closes once it is paid up, or is written off)."""
         renewal = self.deal.renewal
-        if renewal is None or renewal.outcome != "pending" or self._written_off:
+        if renewal is None or renewal.outcome not in ("pending", "quoting") or self._written_off:
             return
+        quoted = renewal.outcome == "quoting"
         renewal.outcome = "churned"
         notice = self.deal.non_renewal_notice
         why = (f"notice by {notice.by} ({notice.party}): {notice.reason}" if notice is not None
+               else "its renewal quote was not signed in time" if quoted
                else "the contract does not renew automatically")  # fmt: skip
         self._record("churned", notice.by if notice is not None else "system",
                      f"term {renewal.term} ended {renewal.term_ends_at.date()}, not renewed: {why}")  # fmt: skip
@@ -2494,6 +2588,35 @@ class DealWorkflow:
         )
         ends = f"; the contract ends {renewal.term_ends_at.date()}" if renewal else ""
         self._record("notice_given", notice.by, f"{notice.party}: {notice.reason}{ends}")
+
+    @workflow.signal(
+        description="Sent by the deal's renewal quote workflow once its contract is signed: the "
+        "deal renews on that quote and contract at the end of the term. Not for people."
+    )
+    async def renewal_signed(self, payload: RawValue = NO_PAYLOAD) -> None:
+        agreed = self._accept("renewal_signed", payload, RenewalAgreed, (Stage.ACTIVE,))
+        if agreed is None:
+            return
+        renewal, contract = self.deal.renewal, agreed.contract
+        if renewal is None or renewal.outcome != "quoting" or self.deal.renewal_agreed is not None:
+            self._refuse("renewal_signed", "unknown", "no renewal quote is open for this deal")
+            return
+        # The signal names a contract: the ledger must hold it, signed, for this deal.
+        signed = agreed.quote.version > self._quote_versions and await self._call(
+            QuoteActivities.is_signed_contract,
+            SignedContractCheck(deal_id=self.deal_id, contract_id=contract.contract_id,
+                                document_sha256=contract.document_sha256),
+            f"check renewal contract {contract.contract_id}",
+        )  # fmt: skip
+        if not signed or self.deal.renewal_agreed is not None or renewal.outcome != "quoting":
+            self._refuse("renewal_signed", "unknown",
+                         f"{contract.contract_id} is not a signed renewal of this deal")  # fmt: skip
+            return
+        self.deal.renewal_agreed = agreed
+        self._record("renewal_agreed", contract.signed_by or "customer",
+                     f"{contract.contract_id}: quote v{agreed.quote.version}, net "
+                     f"{agreed.quote.net_total} {agreed.quote.currency} from "
+                     f"{renewal.term_ends_at.date()}")  # fmt: skip
 
     @workflow.signal(
         description='Mark the deal lost (not after signature). {"by": "sam.rep", "reason": "chose a competitor"}'
