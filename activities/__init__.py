@@ -40,6 +40,7 @@ def build_activities(
         quotes.is_signed_contract,
         quotes.record_signature,
         fulfilment.provision_order,
+        fulfilment.renew_entitlements,
         fulfilment.set_entitlements_active,
         fulfilment.change_quantity,
         billing.issue_invoice,

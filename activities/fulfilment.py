@@ -42,6 +42,25 @@ class FulfilmentActivities:
         return OrderProvisioned(order_id=order_id, entitlements=entitlements)
 
     @activity.defn
+    def renew_entitlements(self, request: OrderRequest) -> OrderProvisioned:
+        """The order's entitlements become the renewal quote's: quantities set, products it
+        adds entitled, products it drops no longer active (setting state: a retry is harmless)."""
+        order_id = f"{request.deal_id}-O1"
+        entitlements = {line.sku: line.quantity for line in request.quote.lines}
+        with Session(self._engine) as session:
+            rows = {e.sku: e for e in session.exec(
+                select(Entitlement).where(Entitlement.order_id == order_id)).all()}  # fmt: skip
+            for sku, row in rows.items():
+                row.active = sku in entitlements
+                row.quantity = entitlements.get(sku, row.quantity)
+                session.add(row)
+            for sku, quantity in entitlements.items():
+                if sku not in rows:
+                    session.add(Entitlement(order_id=order_id, sku=sku, quantity=quantity))
+            session.commit()
+        return OrderProvisioned(order_id=order_id, entitlements=entitlements)
+
+    @activity.defn
     def set_entitlements_active(self, change: EntitlementChange) -> None:
         """Suspend or restore the order's entitlements (setting a state, so a retry is harmless);
         the order's status says why."""

@@ -270,10 +270,14 @@ class QuoteActivities:
     @activity.defn
     def is_signed_contract(self, check: SignedContractCheck) -> bool:
         """Whether the ledger holds this deal's contract, signed, with this document."""
+        quote_id = quote_id_for(check.deal_id, check.quote_version)
         with Session(self._engine) as session:
             row = session.get(ContractRecord, check.contract_id)
+            quote = session.get(QuoteRecord, quote_id)
         return (row is not None and row.deal_id == check.deal_id and row.signed_at is not None
-                and row.document_sha256 == check.document_sha256)  # fmt: skip
+                and row.document_sha256 == check.document_sha256 and row.quote_id == quote_id
+                and quote is not None and quote.document_sha256 == check.quote_sha256
+                and quote.net_total == check.net_total)  # fmt: skip
 
     @activity.defn
     def record_signature(self, signature: SignatureRecord) -> None:

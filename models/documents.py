@@ -208,6 +208,10 @@ class SignedContractCheck(BaseModel):
     deal_id: str
     contract_id: str
     document_sha256: str
+    # ... sent for this quote of the deal, stored with this document and net total.
+    quote_version: int
+    quote_sha256: str | None
+    net_total: Decimal
 
 
 class SignatureRecord(BaseModel):

@@ -16,7 +16,7 @@ from l2c.config import BusinessRules, Settings, SspTable
 from l2c.journal import ACCOUNTS_RECEIVABLE, CASH, DEFERRED_REVENUE
 from l2c.ledger_check import check_ledger
 from models.deal import Stage
-from models.ledger import JournalEntry, JournalLine
+from models.ledger import Entitlement, JournalEntry, JournalLine
 from models.money import ZERO
 from models.state import DealState, RenewalAgreed
 from tests.helpers import (
@@ -245,6 +245,9 @@ async def test_without_auto_renewal_a_renewal_quote_is_approved_signed_and_bille
     assert "made-up is not a signed renewal" in await refused_after(
         handle, "renewal_signed", forged
     )
+    # Nor the deal's own signed contract passed off for another quote.
+    assert "not a signed renewal" in await refused_after(handle, "renewal_signed", RenewalAgreed(
+        quote=state.quote.model_copy(update={"version": 2}), contract=state.contract))  # fmt: skip
     # The renewal quote goes through pricing and approvals again, in its own workflow.
     await wait_for_stage(renewal, Stage.QUALIFIED)
     await signal(renewal, "submit_quote", {"submitted_by": "nora.na", "term_months": 4,
@@ -269,6 +272,9 @@ async def test_without_auto_renewal_a_renewal_quote_is_approved_signed_and_bille
     final = await final_state(handle)
     term_two = [i.amount for i in final.invoices if i.billing_month >= 4]
     assert term_two == [Decimal("510.00")] * 4  # 12 seats x 50.00 less 15%
+    with Session(sqlite_ledger) as session:  # entitled to what the renewal sold
+        seats = session.get(Entitlement, (f"{handle.id}-O1", "PLATFORM"))
+        assert seats is not None and seats.quantity == 12
     assert final.renewal is not None and final.renewal.outcome == "churned"
 
 

@@ -224,6 +224,7 @@ class DealWorkflow:
         self._redlines = 0  # redlines proposed in this run
         self._redline_outcomes: dict[int, str] = {}  # redline number -> what became of it
         self._negotiating = False  # a redline is being reviewed or its revision sent
+        self._checking_renewal = 0  # renewal_signed checks under way: the term's end waits
         self._validating: list[str] | None = None  # refusals of an update's validator
         self._priced: dict[int, str | None] = {}  # quote version -> its pricing refusal, if any
         self._escalations_done = 0  # approval escalations that came back
@@ -261,6 +262,7 @@ class DealWorkflow:
                 quote = await self.agree_quote_and_contract()
                 await self.fulfil_order(quote)
             outcome = await self.invoice_collect_and_recognize(self._signed_quote())
+            await self._close_renewal_quote()  # written off meanwhile: no renewal either
             reason = "term completed and fully paid"
             if outcome != Stage.WON:
                 reason = "unpaid invoices written off"
@@ -809,6 +811,7 @@ class DealWorkflow:
                 self._billing_step_running = False
             self._month_end_due = None
         else:
+            await workflow.wait_condition(lambda: self._checking_renewal == 0)
             if await self._renews():
                 await self.renew_term(activated_at, bills_usage)  # returns only if written off
             await self._close_renewal_quote()
@@ -881,20 +884,26 @@ class DealWorkflow:
         state.pending_approval = None
         state.invoices, state.events, state.disputes = [], [], []
         child_id = f"{self.deal_id}-renewal-{renewal.term + 1}"
-        await workflow.start_child_workflow(
-            WORKFLOW_TYPE,
-            DealContinuation(continued=state, next_month=0, bills_usage=False,
-                             quote_versions=self._quote_versions, renewal_quote=True),
-            id=child_id,
-            parent_close_policy=ParentClosePolicy.ABANDON,  # it outlives this run
-        )  # fmt: skip
+        try:
+            await workflow.start_child_workflow(
+                WORKFLOW_TYPE,
+                DealContinuation(continued=state, next_month=0, bills_usage=False,
+                                 quote_versions=self._quote_versions, renewal_quote=True),
+                id=child_id,
+                parent_close_policy=ParentClosePolicy.ABANDON,  # it outlives this run
+            )  # fmt: skip
+        except Exception as err:  # the id is taken (a workflow left by a reset, or another's)
+            renewal.renewal_quote_opens_at = None  # not tried again: the term ends, the deal churns
+            self._record("renewal_quote_failed", "system", f"{child_id} could not start: {err}")
+            return
         renewal.outcome, renewal.renewal_workflow_id = "quoting", child_id
         self._record("renewal_quote_opened", "system",
                      f"{child_id}: quote term {renewal.term + 1} there (submit_quote, approvals, "
                      f"sign_contract) by {renewal.term_ends_at}")  # fmt: skip
 
     async def _close_renewal_quote(self) -> None:
-        """The term ended without a renewal signed: its quote workflow is cancelled."""
+        """The deal's term ends, or the deal does, without a renewal signed: the renewal
+        quote's workflow is cancelled (the deal then churns, or is written off)."""
         renewal = self.deal.renewal
         if (renewal is None or renewal.outcome != "quoting" or renewal.renewal_workflow_id is None
                 or self.deal.renewal_agreed is not None):  # fmt: skip
@@ -906,7 +915,7 @@ class DealWorkflow:
                 "renewal quote %s not cancelled: %s", renewal.renewal_workflow_id, err
             )
         self._record("renewal_quote_closed", "system",
-                     f"{renewal.renewal_workflow_id}: not signed by the end of the term")  # fmt: skip
+                     f"{renewal.renewal_workflow_id}: not signed in time")  # fmt: skip
 
     async def quote_renewal(self) -> DealState:
         """A renewal quote's own workflow: quote, approvals and contract as for a new deal,
@@ -922,9 +931,14 @@ class DealWorkflow:
             return self.deal
         contract = self.deal.contract
         assert contract is not None
-        await workflow.get_external_workflow_handle(self.deal_id).signal(
-            "renewal_signed", RenewalAgreed(quote=quote, contract=contract)
-        )
+        try:
+            await workflow.get_external_workflow_handle(self.deal_id).signal(
+                "renewal_signed", RenewalAgreed(quote=quote, contract=contract)
+            )
+        except Exception as err:  # the deal has ended meanwhile: the renewal has no deal to renew
+            self._set_stage(Stage.LOST)
+            self._record("renewal_lost", "system", f"{self.deal_id} could not take it: {err}")
+            return self.deal
         self._set_stage(Stage.WON)
         self._record("renewal_signed", contract.signed_by or "customer",
                      f"{contract.contract_id}: quote v{quote.version} sent to {self.deal_id}")  # fmt: skip
@@ -987,6 +1001,14 @@ class DealWorkflow:
                          f"term {renewal.term + 1} from {renewal.term_ends_at.date()}: quote "
                          f"v{renewed.version}, net {renewed.net_total} {renewed.currency} ({how})")  # fmt: skip
 
+        if agreed is not None:  # what the customer is entitled to follows the renewal sold
+            await self._call(FulfilmentActivities.renew_entitlements,
+                             OrderRequest(deal_id=self.deal_id, quote=renewed,
+                                          requested_at=workflow.now()),
+                             "renew entitlements")  # fmt: skip
+            usage_lines = [line for line in renewed.lines if line.kind == "usage"]
+            bills_usage = bills_usage or (bool(usage_lines)
+                                          and all(ln.usage_tiers for ln in usage_lines))  # fmt: skip
         await self._continue_as_new(0, bills_usage, before=renew)
         self._record("renewal_failed", "system", "written off before the renewal began")
 
@@ -2601,13 +2623,21 @@ class DealWorkflow:
         if renewal is None or renewal.outcome != "quoting" or self.deal.renewal_agreed is not None:
             self._refuse("renewal_signed", "unknown", "no renewal quote is open for this deal")
             return
-        # The signal names a contract: the ledger must hold it, signed, for this deal.
-        signed = agreed.quote.version > self._quote_versions and await self._call(
-            QuoteActivities.is_signed_contract,
-            SignedContractCheck(deal_id=self.deal_id, contract_id=contract.contract_id,
-                                document_sha256=contract.document_sha256),
-            f"check renewal contract {contract.contract_id}",
-        )  # fmt: skip
+        # The signal names a contract and its quote: the ledger must hold them, signed, for
+        # this deal (the term's end waits for the check).
+        self._checking_renewal += 1
+        try:
+            signed = agreed.quote.version > self._quote_versions and await self._call(
+                QuoteActivities.is_signed_contract,
+                SignedContractCheck(deal_id=self.deal_id, contract_id=contract.contract_id,
+                                    document_sha256=contract.document_sha256,
+                                    quote_version=agreed.quote.version,
+                                    quote_sha256=agreed.quote.document_sha256,
+                                    net_total=agreed.quote.net_total),
+                f"check renewal contract {contract.contract_id}",
+            )  # fmt: skip
+        finally:
+            self._checking_renewal -= 1
         if not signed or self.deal.renewal_agreed is not None or renewal.outcome != "quoting":
             self._refuse("renewal_signed", "unknown",
                          f"{contract.contract_id} is not a signed renewal of this deal")  # fmt: skip
