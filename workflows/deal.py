@@ -494,7 +494,7 @@ class DealWorkflow:
             self._record("quote_superseded", self._quote_submission.submitted_by,
                          f"quote v{quote.version} superseded by a new submission")  # fmt: skip
             return True
-        if quote.valid_until is not None and workflow.now() >= quote.valid_until:
+        if _expired(quote):
             self._record("quote_expired", "system",
                          f"quote v{quote.version} not signed by {quote.valid_until}")  # fmt: skip
             return True
@@ -668,8 +668,7 @@ class DealWorkflow:
     def _contract_ended(self, quote: Quote) -> bool:
         """Whether the contract out for signature was declined, or its quote superseded or
         expired (without recording it: the signature loop does)."""
-        expired = quote.valid_until is not None and workflow.now() >= quote.valid_until
-        return self._decline is not None or self._quote_submission is not None or expired
+        return self._decline is not None or self._quote_submission is not None or _expired(quote)
 
     async def _await_review(
         self, quote: Quote, contract: ContractView, pending: RedlineUnderReview
@@ -729,14 +728,9 @@ class DealWorkflow:
         self._cash_application = self._resume.cash_application if self._resume else patched
         if self._resume is None:
             first_month = 0
-            usage_lines = [line for line in quote.lines if line.kind == "usage"]
             # Deals that started before usage was billed in arrears replay as they ran, and a
             # quote priced before then has no tiers locked in it to bill usage by.
-            bills_usage = (
-                bool(usage_lines)
-                and all(line.usage_tiers is not None for line in usage_lines)
-                and workflow.patched(USAGE_IN_ARREARS)
-            )
+            bills_usage = _meters_usage(quote) and workflow.patched(USAGE_IN_ARREARS)
             if quote.obligations and workflow.patched(OBLIGATION_RECOGNITION):
                 self.deal.revenue_schedules = obligation_schedules(
                     quote, self._month_ends(activated_at, quote.term_months)
@@ -1006,9 +1000,7 @@ class DealWorkflow:
                              OrderRequest(deal_id=self.deal_id, quote=renewed,
                                           requested_at=workflow.now()),
                              "renew entitlements")  # fmt: skip
-            usage_lines = [line for line in renewed.lines if line.kind == "usage"]
-            bills_usage = bills_usage or (bool(usage_lines)
-                                          and all(ln.usage_tiers for ln in usage_lines))  # fmt: skip
+            bills_usage = bills_usage or _meters_usage(renewed)
         await self._continue_as_new(0, bills_usage, before=renew)
         self._record("renewal_failed", "system", "written off before the renewal began")
 
@@ -2700,8 +2692,7 @@ class DealWorkflow:
                                            "decide on the new one")  # fmt: skip
             return None
         quote = self.deal.quote
-        if (self._approval_matrix and quote is not None and quote.valid_until is not None
-                and workflow.now() >= quote.valid_until):  # fmt: skip
+        if self._approval_matrix and quote is not None and _expired(quote):
             self._refuse(signal, approver, f"quote v{pending.quote_version} has expired")
             return None
         if quote_version is not None and quote_version != pending.quote_version:
@@ -2963,6 +2954,17 @@ def _before_cash_application(payment: RecordPayment, named: InvoiceView | None) 
             "overpayments are not accepted yet"
         )
     return None
+
+
+def _expired(quote: Quote) -> bool:
+    """Whether `quote` was not signed by its valid_until."""
+    return quote.valid_until is not None and workflow.now() >= quote.valid_until
+
+
+def _meters_usage(quote: Quote) -> bool:
+    """Whether `quote` has usage lines, all with their tiers locked in, to bill usage by."""
+    usage_lines = [line for line in quote.lines if line.kind == "usage"]
+    return bool(usage_lines) and all(line.usage_tiers is not None for line in usage_lines)
 
 
 def _due_at(invoice: InvoiceView) -> datetime:
