@@ -703,6 +703,12 @@ class Settings(BaseModel):
     # The payment gateway (Stripe-compatible) that charges cards on file; `l2c dev` runs a sandbox.
     gateway_url: str | None = None
     gateway_api_key: str = "sk_test_l2c"
+    # The firmographics service leads are enriched from (l2c/enrichment.py); `l2c dev` runs a
+    # sandbox. None: leads are not enriched, and their deals record that.
+    enrichment_url: str | None = None
+    enrichment_api_key: str = "enrich_test_l2c"
+    # API keys upstream systems send to the intake endpoint (`POST /leads`), comma-separated.
+    intake_api_keys: list[str] = []
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -722,6 +728,13 @@ class Settings(BaseModel):
                 faults_json=env.get("L2C_FAULTS") or None,
                 gateway_url=env.get("L2C_GATEWAY_URL") or None,
                 gateway_api_key=env.get("L2C_GATEWAY_API_KEY", "sk_test_l2c"),
+                enrichment_url=env.get("L2C_ENRICHMENT_URL") or None,
+                enrichment_api_key=env.get("L2C_ENRICHMENT_API_KEY", "enrich_test_l2c"),
+                intake_api_keys=[
+                    key.strip()
+                    for key in env.get("L2C_INTAKE_API_KEYS", "").split(",")
+                    if key.strip()
+                ],
             )
         except (ValueError, ValidationError) as err:
             raise ConfigError(f"environment: {err}") from None

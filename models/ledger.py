@@ -355,3 +355,74 @@ class UsageChargeRecord(SQLModel, table=True):
     # None when the step billed nothing (usage within the commitment) and no invoice was issued.
     invoice_number: str | None = Field(default=None, foreign_key="invoices.number", max_length=40)
     amount: Decimal = money()
+
+
+# ---------------------------------------------------------------- the front of the deal (leads)
+
+
+class ContactIdentity(SQLModel, table=True):
+    """A person, by normalized e-mail address (see l2c/identity.py), and the latest deal of theirs."""
+
+    __tablename__ = "contact_identities"
+    identity_key: str = Field(primary_key=True, max_length=254)
+    account_key: str = Field(max_length=254)
+    first_lead_id: str = Field(max_length=64)
+    latest_deal_id: str = Field(max_length=80)
+    seen_at: datetime = utc_timestamp(nullable=False)
+
+
+class AccountOpenDeal(SQLModel, table=True):
+    """The one open deal of an account: a later lead of the account (same person, or the same
+    company domain) joins it instead of starting another. Claimed by inserting the row (the
+    primary key makes two leads racing for one account a conflict, never two deals) and released
+    when that deal closes."""
+
+    __tablename__ = "account_open_deals"
+    account_key: str = Field(primary_key=True, max_length=254)
+    deal_id: str = Field(max_length=80)
+    claimed_at: datetime = utc_timestamp(nullable=False)
+
+
+class EnrichmentCacheEntry(SQLModel, table=True):
+    """An enrichment service's answer for a domain (`found` False: it knows no such company),
+    kept so that leads of a company ask the service once per time-to-live."""
+
+    __tablename__ = "enrichment_cache"
+    domain: str = Field(primary_key=True, max_length=254)
+    found: bool
+    firmographics: str  # models.leads.Firmographics as JSON; "{}" when not found
+    fetched_at: datetime = utc_timestamp(nullable=False)
+
+
+class LeadScoreModelRecord(SQLModel, table=True):
+    """A lead-scoring model trained on the ledger's closed deals (`l2c leads train`); the latest
+    version scores new leads, and each deal records the version it was scored with."""
+
+    __tablename__ = "lead_score_models"
+    version: int = Field(primary_key=True)
+    trained_at: datetime = utc_timestamp(nullable=False)
+    won: int
+    lost: int
+    model: str  # the model's parameters as JSON
+
+
+class RoutingCursor(SQLModel, table=True):
+    """Whose turn it is in a team's round-robin."""
+
+    __tablename__ = "routing_cursors"
+    team: str = Field(primary_key=True, max_length=80)
+    next_index: int = 0
+
+
+class LeadAssignmentRecord(SQLModel, table=True):
+    """Each owner a deal's lead was assigned to: the natural key (deal, assignment number) makes a
+    retried routing step return the owner it already chose, without taking another turn."""
+
+    __tablename__ = "lead_assignments"
+    deal_id: str = Field(primary_key=True, max_length=80)
+    assignment: int = Field(primary_key=True)
+    owner: str = Field(max_length=100)
+    team: str = Field(max_length=80)
+    reason: str = Field(max_length=300)
+    assigned_at: datetime = utc_timestamp(nullable=False)
+    accept_by: datetime | None = utc_timestamp(nullable=True)
