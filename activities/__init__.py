@@ -13,14 +13,19 @@ from activities.payments import PaymentActivities
 from activities.quotes import QuoteActivities
 from activities.revenue import RevenueActivities
 from l2c.config import BusinessRules
+from l2c.enrichment import EnrichmentClient
 from l2c.gateway import PaymentGateway
 from l2c.mail import Mailer
 
 
 def build_activities(
-    engine: Engine, rules: BusinessRules, mailer: Mailer, gateway: PaymentGateway | None = None
+    engine: Engine,
+    rules: BusinessRules,
+    mailer: Mailer,
+    gateway: PaymentGateway | None = None,
+    enrichment: EnrichmentClient | None = None,
 ) -> list[Callable[..., Any]]:
-    leads = LeadActivities(engine, rules, mailer)
+    leads = LeadActivities(engine, rules, mailer, enrichment)
     quotes = QuoteActivities(engine, rules, mailer)
     fulfilment = FulfilmentActivities(engine)
     billing = BillingActivities(engine, mailer, rules.tax)
@@ -28,7 +33,12 @@ def build_activities(
     return [
         leads.load_deal_policy,
         leads.capture_lead,
+        leads.resolve_identity,
+        leads.enrich_lead,
         leads.assess_lead,
+        leads.score_lead,
+        leads.route_lead,
+        leads.start_lead_sla,
         leads.send_nurture_touch,
         leads.close_deal,
         quotes.price_quote,

@@ -25,9 +25,10 @@ TASK_QUEUE = "bench-history"
 
 
 def bench_lead(lead_id: str) -> LeadInput:
-    """A lead that qualifies at once and is routed to nora.na."""
+    """A lead that qualifies at once, of a company of its own (leads of one company would make
+    one deal), routed to the north-america team."""
     return LeadInput(lead_id=lead_id, company="Bench Ltd", contact_name="Ada Lovelace",
-                     contact_email="ada@bench.example", source="web", country="US",
+                     contact_email=f"ada@{lead_id.lower()}.bench.example", source="web", country="US",
                      employees=250, currency="USD")  # fmt: skip
 
 

@@ -8,10 +8,18 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from l2c.config import ConfigError, Settings, load_business_rules
 from l2c.db import LedgerSchemaOutdated
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from l2c.local_http import BackgroundServer
+    from models.deal import LeadInput
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -76,31 +84,55 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.demo:
         from l2c.demo import DEMO_LEADS
 
-        leads, errors = list(DEMO_LEADS), []
+        leads, errors = list(DEMO_LEADS), list[str]()
     elif args.lead is not None:
         try:
-            leads, errors = [parse_lead(json.loads(args.lead))], []
+            leads, errors = [parse_lead(json.loads(args.lead))], list[str]()
         except json.JSONDecodeError as err:
             return _fail(f"--lead is not JSON: {err.msg}")
         except ValueError as err:
             return _fail(f"lead refused: {err}")
     else:
-        leads, errors = read_leads(Path(args.file))
+        path = Path(args.file)
+        if not path.is_file():
+            return _fail(f"no such lead file: {path}")
+        leads, errors = read_leads(path)
     for error in errors:
         print(f"refused {error}", file=sys.stderr)
+    started, existing, unsent = asyncio.run(_start_leads(leads)) if leads else (0, 0, 0)
+    print(
+        f"{started} started, {existing} already had a deal, {len(errors)} refused"
+        + (f", {unsent} not sent (run again: those started count as already having a deal)"
+           if unsent else "")
+    )  # fmt: skip
+    return 1 if errors or unsent else 0
 
-    async def main() -> None:
-        from l2c.runtime import connect, start_deal
 
-        settings = Settings.from_env()
-        client = await connect(settings)
+async def _start_leads(leads: list["LeadInput"]) -> tuple[int, int, int]:
+    """Start each lead's deal, in order, with progress on standard error: (started, already had a
+    deal, not sent because Temporal refused or went away, which stops the batch)."""
+    from temporalio.service import RPCError
+
+    from l2c.leads_io import Progress
+    from l2c.runtime import connect, start_deal
+
+    settings = Settings.from_env()
+    client = await connect(settings)
+    progress = Progress(len(leads))
+    started = existing = 0
+    try:
         for lead in leads:
             handle, created = await start_deal(client, lead, settings.task_queue)
-            print(f"{'started' if created else 'exists '} {handle.id}")
-
-    if leads:
-        asyncio.run(main())
-    return 1 if errors else 0
+            started += created
+            existing += not created
+            progress.note(f"{'started' if created else 'exists '} {handle.id}")
+            progress.advance()
+    except (RPCError, RuntimeError) as err:
+        sent = started + existing
+        progress.note(f"stopped at lead {leads[sent].lead_id}: {err}", out=sys.stderr)
+    finally:
+        progress.close()
+    return started, existing, len(leads) - started - existing
 
 
 # ---------------------------------------------------------------- dev
@@ -124,7 +156,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
     from l2c.demo import start_demo_deals
+    from l2c.enrichment_sandbox import SandboxEnrichment
     from l2c.gateway_sandbox import SandboxGateway
+    from l2c.intake import intake_endpoint, intake_url
     from l2c.mailcatcher import MailCatcher
     from l2c.runtime import connect, open_ledger
     from l2c.webhooks import webhook_endpoint, webhook_url
@@ -140,6 +174,9 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
             # Cards on file are charged through the sandbox gateway started below.
             "gateway_url": os.environ.get("L2C_GATEWAY_URL")
             or f"http://127.0.0.1:{args.gateway_port}",
+            # Leads are enriched from the sandbox started below, unless a service is configured.
+            "enrichment_url": os.environ.get("L2C_ENRICHMENT_URL")
+            or f"http://127.0.0.1:{args.enrichment_port}",
         }
     )
     if not os.environ.get("L2C_DATABASE_URL"):
@@ -148,10 +185,13 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
         )
     stop = asyncio.Event()
     _stop_on_signals(stop)
+    enrichment = SandboxEnrichment(args.enrichment_port, settings.enrichment_api_key)
+    enrichment.start()
     worker = asyncio.create_task(_run_worker(settings, stop))
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(stop.set)
         cleanup.callback(catcher.stop)
+        cleanup.callback(enrichment.stop)
         client = await connect(settings)
         # The sandbox gateway announces each charge to the webhook endpoint, which signals the deal.
         secret = os.environ.get("L2C_WEBHOOK_SECRET") or DEV_WEBHOOK_SECRET
@@ -161,38 +201,76 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
         gateway = SandboxGateway(args.gateway_port, webhook=(webhook_url(webhooks), secret))
         gateway.start()
         cleanup.callback(gateway.stop)
+        # Upstream systems post leads here; the dev key is printed, a configured one is not.
+        keys = settings.intake_api_keys or [DEV_INTAKE_KEY]
+        intake = intake_endpoint(args.intake_port, keys, client, settings.task_queue)
+        intake.start()
+        cleanup.callback(intake.stop)
+        key = "<a key from L2C_INTAKE_API_KEYS>" if settings.intake_api_keys else DEV_INTAKE_KEY
         deals = await start_demo_deals(client, settings.task_queue)
         ui = f"http://127.0.0.1:{args.ui_port}/namespaces/{settings.namespace}/workflows"
         print(_DEV_BANNER.format(ui=ui, deals=", ".join(deals), address=settings.temporal_address,
                                  mailbox=data_dir / "mailbox", ledger=settings.database_url,
-                                 gateway=gateway.url, webhooks=webhook_url(webhooks)))  # fmt: skip
+                                 gateway=gateway.url, webhooks=webhook_url(webhooks),
+                                 intake=intake_url(intake), intake_key=key,
+                                 enrichment=settings.enrichment_url))  # fmt: skip
         await worker
 
 
 # The sandbox's signing secret; a real gateway's comes from L2C_WEBHOOK_SECRET.
 DEV_WEBHOOK_SECRET = "whsec_l2c_dev"
+# The intake's key under `l2c dev` when L2C_INTAKE_API_KEYS is not set; `l2c intake` has none.
+DEV_INTAKE_KEY = "l2c_dev_intake_key"
+INTAKE_PORT = 12113
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
-    from l2c.runtime import connect, open_ledger
+    from l2c.runtime import open_ledger
     from l2c.webhooks import webhook_endpoint, webhook_url
 
     secret = os.environ.get("L2C_WEBHOOK_SECRET")
     if not secret:
         return _fail("set L2C_WEBHOOK_SECRET to the gateway's webhook signing secret")
 
+    def endpoint(client: "Client", settings: Settings) -> tuple["BackgroundServer", str]:
+        served = webhook_endpoint(args.port, secret, client, open_ledger(settings))
+        return served, f"webhook endpoint on {webhook_url(served)}"
+
+    return _serve(endpoint)
+
+
+def cmd_intake(args: argparse.Namespace) -> int:
+    from l2c.intake import intake_endpoint, intake_url
+
+    if not Settings.from_env().intake_api_keys:
+        return _fail(
+            "set L2C_INTAKE_API_KEYS to the API keys upstream systems will send (comma-separated);"
+            " the endpoint does not serve without one"
+        )
+
+    def endpoint(client: "Client", settings: Settings) -> tuple["BackgroundServer", str]:
+        served = intake_endpoint(args.port, settings.intake_api_keys, client, settings.task_queue)
+        openapi = f"http://127.0.0.1:{served.port}/openapi.json"
+        return served, f"intake endpoint on {intake_url(served)} (OpenAPI: {openapi})"
+
+    return _serve(endpoint)
+
+
+def _serve(endpoint: Callable[["Client", Settings], tuple["BackgroundServer", str]]) -> int:
+    """Serve the HTTP endpoint `endpoint` builds (with what to print) until SIGINT or SIGTERM."""
+    from l2c.runtime import connect
+
     async def main() -> None:
         settings = Settings.from_env()
-        client = await connect(settings)
-        endpoint = webhook_endpoint(args.port, secret, client, open_ledger(settings))
-        endpoint.start()
-        print(f"webhook endpoint on {webhook_url(endpoint)}")
+        served, banner = endpoint(await connect(settings), settings)
+        served.start()
+        print(banner)
         stop = asyncio.Event()
         _stop_on_signals(stop)
         try:
             await stop.wait()
         finally:
-            endpoint.stop()
+            served.stop()
 
     asyncio.run(main())
     return 0
@@ -206,6 +284,8 @@ Lead-to-cash is running.
   E-mail:   {mailbox} (local mail catcher)
   Payments: {gateway} (sandbox gateway, Stripe-compatible; any sk_test_ key)
   Webhooks: {webhooks} (signed gateway events signal the deals)
+  Enrich:   {enrichment} (sandbox firmographics service; set L2C_ENRICHMENT_URL for a real one)
+  Intake:   {intake} (POST a lead with an API key; OpenAPI at /openapi.json)
 
 Try, in another terminal (TEMPORAL_ADDRESS={address}):
   temporal workflow query  --workflow-id deal-L-1001 --type state
@@ -214,6 +294,8 @@ Try, in another terminal (TEMPORAL_ADDRESS={address}):
   temporal workflow query  --workflow-id deal-L-1001 --type state   # copy contract.document_sha256
   temporal workflow signal --workflow-id deal-L-1001 --name sign_contract \\
       --input '{{"signer_name": "Ada Lovelace", "signer_email": "ada@acme.example", "document_sha256": "<sha256>"}}'
+  curl -i {intake} -H 'Authorization: Bearer {intake_key}' -H 'Content-Type: application/json' \\
+      -d '{{"lead_id": "L-2001", "company": "Umbrella Ltd", "contact_name": "Alice Abernathy", "contact_email": "alice@umbrella.example", "country": "GB", "employees": 400}}'
 Ctrl-C stops the worker and the server; deals continue on the next `l2c dev`.
 """
 
@@ -340,6 +422,23 @@ def _is_period(text: str) -> bool:
 # ---------------------------------------------------------------- usage
 
 
+def cmd_leads_train(args: argparse.Namespace) -> int:
+    from l2c.lead_model import NotEnoughHistory, latest_model, train_from_ledger, train_report
+    from l2c.runtime import read_ledger
+
+    settings = Settings.from_env()
+    rules = load_business_rules(settings.config_dir)
+    engine = read_ledger(settings)
+    try:
+        train_from_ledger(engine, rules.policy.scoring.free_email_domains, args.min_per_class)
+    except NotEnoughHistory as err:
+        return _fail(str(err), 1)
+    trained = latest_model(engine)
+    assert trained is not None
+    print(train_report(*trained))
+    return 0
+
+
 def cmd_usage_ingest(args: argparse.Namespace) -> int:
     from l2c.runtime import open_ledger
     from l2c.usage import ingest_usage
@@ -399,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--smtp-port", type=int, default=8025)
     dev.add_argument("--gateway-port", type=int, default=12111)
     dev.add_argument("--webhook-port", type=int, default=12112)
+    dev.add_argument("--intake-port", type=int, default=INTAKE_PORT)
+    dev.add_argument("--enrichment-port", type=int, default=12114)
     dev.add_argument("--data-dir", default=data_default)
     dev.set_defaults(func=cmd_dev)
 
@@ -427,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     webhooks.add_argument("--port", type=int, default=12112)
     webhooks.set_defaults(func=cmd_webhooks)
 
+    intake = sub.add_parser(
+        "intake", help="the HTTP intake upstream systems post leads to (needs L2C_INTAKE_API_KEYS)"
+    )
+    intake.add_argument("--port", type=int, default=INTAKE_PORT)
+    intake.set_defaults(func=cmd_intake)
+
     ledger_cmd = sub.add_parser("ledger", help="finance reports, and closing a period")
     ledger_sub = ledger_cmd.add_subparsers(dest="ledger_command", required=True)
     for name, help_text in [
@@ -448,6 +555,17 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument("period")
     close.add_argument("--by", default="finance", help="who closes it")
     close.set_defaults(func=cmd_ledger_close)
+
+    leads = sub.add_parser("leads", help="lead scoring")
+    leads_sub = leads.add_subparsers(dest="leads_command", required=True)
+    train = leads_sub.add_parser(
+        "train",
+        help="train the lead-scoring model on the ledger's closed deals (won and written off "
+        "against lost and disqualified); new leads are scored with it",
+    )
+    train.add_argument("--min-per-class", type=int, default=5,
+                       help="refuse with fewer won or lost deals than this (default 5)")  # fmt: skip
+    train.set_defaults(func=cmd_leads_train)
 
     usage = sub.add_parser("usage", help="metered usage events")
     usage_sub = usage.add_subparsers(dest="usage_command", required=True)

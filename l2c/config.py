@@ -6,11 +6,12 @@ worker refuses to start rather than run deals on a rule it misread.
 
 import os
 import tomllib
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
@@ -27,7 +28,7 @@ from pydantic import (
 
 from models.calendar import add_business_hours
 from models.contract_terms import CLAUSE_FIELDS, AutoRenewal, FeesMultiple, Percent, Uncapped
-from models.deal import TASK_QUEUE, ActivityTiming, DealPolicy, LeadInput
+from models.deal import TASK_QUEUE, ActivityTiming, DealPolicy, LeadInput, NurtureStep
 from models.validation import explain
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -188,28 +189,37 @@ class ApprovalRule(_Strict):
     max_payment_terms_days: int | None = Field(default=None, ge=0)  # longer terms need the role
 
 
-class Escalation(_Strict):
-    """An approval not given within its SLA (business hours) moves to the next role up, whose
-    approvers are reminded; at the top role they are reminded again each SLA."""
+class BusinessHours(_Strict):
+    """A working day (`day_start`-`day_end` on `workdays`) that SLAs count in."""
 
-    sla_business_hours: float = Field(default=24, gt=0, le=1000)
     day_start: time = time(9)
     day_end: time = time(17)
     workdays: list[int] = Field(default=[1, 2, 3, 4, 5], min_length=1)
 
-    def due(self, start: datetime, hours: float | None = None) -> datetime:
-        """When an approval asked for at `start` is escalated; with `hours`, when that many
-        business hours of this calendar have passed (legal's review SLA counts on it too)."""
-        return add_business_hours(start, self.sla_business_hours if hours is None else hours,
-                                  self.day_start, self.day_end, frozenset(self.workdays))  # fmt: skip
+    def add(self, start: datetime, hours: float) -> datetime:
+        """`hours` of working time after `start`, in `start`'s time zone."""
+        return add_business_hours(start, hours, self.day_start, self.day_end,
+                                  frozenset(self.workdays))  # fmt: skip
 
     @model_validator(mode="after")
-    def _a_working_day(self) -> "Escalation":
+    def _a_working_day(self) -> "BusinessHours":
         if self.day_start >= self.day_end:
             raise ValueError("day_start must come before day_end")
         if not set(self.workdays) <= set(range(1, 8)):
             raise ValueError("workdays are ISO weekdays, 1 (Monday) to 7 (Sunday)")
         return self
+
+
+class Escalation(BusinessHours):
+    """An approval not given within its SLA (business hours, UTC) moves to the next role up,
+    whose approvers are reminded; at the top role they are reminded again each SLA."""
+
+    sla_business_hours: float = Field(default=24, gt=0, le=1000)
+
+    def due(self, start: datetime, hours: float | None = None) -> datetime:
+        """When an approval asked for at `start` is escalated; with `hours`, when that many
+        business hours of this calendar have passed (legal's review SLA counts on it too)."""
+        return self.add(start, self.sla_business_hours if hours is None else hours)
 
 
 class ApprovalMatrix(_Strict):
@@ -273,15 +283,9 @@ class ScoringConfig(_Strict):
     target_country_points: int
     corporate_email_points: int
     free_email_domains: list[str]
-
-
-class EngagementConfig(_Strict):
-    points: dict[str, int]
-
-
-class NurtureConfig(_Strict):
-    cadence_days: int = Field(ge=1)
-    give_up_after_days: int = Field(ge=1)
+    # The trained model (`l2c leads train`) adds up to this many points: its probability of a win
+    # times this. 0 = rule points only.
+    model_weight: int = Field(default=40, ge=0, le=1000)
 
 
 class RoutingRule(_Strict):
@@ -290,9 +294,106 @@ class RoutingRule(_Strict):
     min_employees: int = 0
 
 
+class EngagementConfig(_Strict):
+    points: dict[str, int]
+
+
+def _check_email_template(name: str) -> None:
+    """An e-mail template a deal will send: in templates/, valid jinja2, a subject line first."""
+    path = PROJECT_ROOT / "templates" / name
+    if path.parent != PROJECT_ROOT / "templates" or not path.is_file():
+        raise ValueError(f"no e-mail template {name!r} in {PROJECT_ROOT / 'templates'}")
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("Subject: "):
+        raise ValueError(f"e-mail template {name}: the first line must be 'Subject: ...'")
+    try:
+        SandboxedEnvironment().parse(text)
+    except TemplateSyntaxError as err:
+        raise ValueError(f"e-mail template {name}, line {err.lineno}: {err.message}") from None
+
+
+class NurtureConfig(_Strict):
+    # Deals started before the cadence existed touched every `cadence_days` until giving up.
+    cadence_days: int = Field(ge=1)
+    give_up_after_days: int = Field(ge=1)
+    touches: list[NurtureStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cadence_in_order(self) -> "NurtureConfig":
+        days = [touch.day for touch in self.touches]
+        if days != sorted(set(days)):
+            raise ValueError(f"nurture touches must be on distinct days in order, got {days}")
+        if days[-1] >= self.give_up_after_days:
+            raise ValueError(f"the last nurture touch (day {days[-1]}) must come before "
+                             f"give_up_after_days ({self.give_up_after_days})")  # fmt: skip
+        for touch in self.touches:
+            _check_email_template(touch.template)
+        return self
+
+
+class Team(_Strict):
+    """Sales reps who share a territory (countries) and segment (company size), round-robin."""
+
+    name: str = Field(min_length=1, max_length=80)
+    members: list[str] = Field(min_length=1)
+    # Takes a lead every member let pass its SLA, with no SLA of its own. None: the round-robin
+    # goes on through the members again.
+    manager: str | None = None
+    countries: list[str] = Field(default_factory=list)  # empty: any country
+    min_employees: int = Field(default=0, ge=0)
+    max_employees: int | None = Field(default=None, ge=1)  # None: no upper bound
+    timezone: str = "UTC"  # the team's business hours are counted here
+
+    @model_validator(mode="after")
+    def _valid_team(self) -> "Team":
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"team {self.name!r} names a member twice")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"team {self.name!r}: unknown time zone {self.timezone!r} "
+                             "(an IANA name such as Europe/London)") from None  # fmt: skip
+        return self
+
+    def takes(self, country: str, employees: int | None) -> bool:
+        """Whether a lead of this country and company size (unknown counts as 0) is this team's."""
+        size = employees or 0
+        return (
+            (not self.countries or country in self.countries)
+            and size >= self.min_employees
+            and (self.max_employees is None or size <= self.max_employees)
+        )
+
+
 class RoutingConfig(_Strict):
+    # Deals started before teams existed were routed by these first-match rules.
     default_owner: str
     rules: list[RoutingRule]
+    teams: list[Team] = Field(min_length=1)
+    # An owner who has not accepted a sales-ready lead (`accept_lead`) within this many business
+    # hours of the team loses it to the next member, and the miss is recorded.
+    sla_business_hours: float = Field(default=2, gt=0, le=1000)
+    business_hours: BusinessHours = BusinessHours()
+
+    @model_validator(mode="after")
+    def _nobody_unrouted(self) -> "RoutingConfig":
+        names = [team.name for team in self.teams]
+        if len(set(names)) != len(names):
+            raise ValueError("team names must be unique")
+        last = self.teams[-1]
+        if last.countries or last.min_employees or last.max_employees is not None:
+            raise ValueError(f"the last team ({last.name!r}) must take any lead (no countries, "
+                             "no employee limits), so that no lead is routed to nobody")  # fmt: skip
+        return self
+
+    def team_for(self, country: str, employees: int | None) -> Team:
+        """The first team whose territory and segment take the lead (the last takes any)."""
+        return next(team for team in self.teams if team.takes(country, employees))
+
+    def accept_by(self, team: Team, start: datetime) -> datetime:
+        """When a lead routed at `start` must be accepted: SLA business hours in the team's zone."""
+        local = start.astimezone(ZoneInfo(team.timezone))
+        return self.business_hours.add(local, self.sla_business_hours).astimezone(UTC)
 
 
 class BillingConfig(_Strict):
@@ -384,6 +485,7 @@ class PolicyConfig(_Strict):
             engagement_points=dict(self.engagement.points),
             nurture_cadence_days=self.nurture.cadence_days,
             nurture_give_up_after_days=self.nurture.give_up_after_days,
+            nurture_touches=list(self.nurture.touches),
             payment_terms_days=self.billing.payment_terms_days,
             continue_as_new_every_months=self.billing.continue_as_new_every_months,
             invoice_draft_hours=self.billing.invoice_draft_hours,

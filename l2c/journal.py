@@ -7,6 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from models.calendar import as_utc
 from models.ledger import ClosedPeriod, JournalEntry, JournalLine
 from models.money import ZERO
 
@@ -42,9 +43,7 @@ ACCOUNT_NAMES = {
 def period_of(moment: datetime) -> str:
     """The accounting period (a calendar month, UTC) of a moment: YYYY-MM. A moment without a
     time zone is taken as UTC, never as the machine's local time."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m")
+    return as_utc(moment).astimezone(UTC).strftime("%Y-%m")
 
 
 def next_period(period: str) -> str:

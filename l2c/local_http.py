@@ -1,14 +1,28 @@
-"""The small HTTP servers the project runs itself (sandbox gateway, webhook endpoint): JSON
-responses, no access log, served from a background thread on 127.0.0.1."""
+"""The small HTTP servers the project runs itself (sandbox gateway, webhook and intake endpoints):
+JSON responses, no access log, served from a background thread on 127.0.0.1."""
 
+import asyncio
 import json
 import threading
+from collections.abc import Coroutine
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class BadRequest(Exception):
-    """The request cannot be read; the message is the reason sent back with a 400."""
+    """The request cannot be read; the message is the reason sent back with `status`."""
+
+    status = 400
+
+
+class LengthRequired(BadRequest):
+    status = 411
+
+
+class BodyTooLarge(BadRequest):
+    status = 413
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -29,12 +43,17 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def read_body(self, limit: int = 1_000_000) -> bytes:
-        declared = (self.headers.get("Content-Length") or "0").strip()
+    def read_body(self, limit: int = 1_000_000, require_length: bool = False) -> bytes:
+        """The body, refused from its Content-Length before a byte of it is read when too large.
+        Without `require_length`, no Content-Length means an empty body."""
+        declared = self.headers.get("Content-Length")
+        if declared is None and require_length:
+            raise LengthRequired("send a Content-Length header (chunked bodies are not read)")
+        declared = (declared or "0").strip()
         if not declared.isascii() or not declared.isdigit():
             raise BadRequest("Content-Length must be a whole number of bytes")
         if int(declared) > limit:
-            raise BadRequest(f"the body may be at most {limit} bytes")
+            raise BodyTooLarge(f"the body may be at most {limit} bytes")
         return self.rfile.read(int(declared))
 
 
@@ -54,3 +73,20 @@ class BackgroundServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+def run_on_loop(
+    loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T], timeout: float = 30
+) -> T:
+    """Run `work` on `loop` (where the caller's Temporal client lives) from a handler thread and
+    wait for its result: TimeoutError when it takes longer than `timeout` seconds, RuntimeError
+    when the loop has closed (the endpoint is stopping)."""
+    try:
+        future = asyncio.run_coroutine_threadsafe(work, loop)
+    except RuntimeError:
+        work.close()  # never scheduled: close it rather than leave a never-awaited warning
+        raise
+    try:
+        return future.result(timeout=timeout)
+    finally:
+        future.cancel()  # a no-op once done; else the sender is told to send again

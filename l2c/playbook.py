@@ -19,7 +19,7 @@ from l2c.runtime import start_deal
 from models.deal import LeadInput, Stage
 from models.state import DealState
 
-TERMINAL = {Stage.WON, Stage.LOST, Stage.DISQUALIFIED, Stage.WRITTEN_OFF}
+TERMINAL = {stage for stage in Stage if stage.is_terminal}
 
 # The deals drills and benchmarks play, short enough to finish their term with compressed months.
 DRILL_QUOTES: list[dict[str, Any]] = [

@@ -23,6 +23,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import build_activities
 from l2c.config import BusinessRules, Settings
 from l2c.db import init_ledger, make_engine, verify_ledger
+from l2c.enrichment import EnrichmentClient
 from l2c.faults import FaultInjector, FaultPlan
 from l2c.gateway import PaymentGateway
 from l2c.mail import Mailer
@@ -85,8 +86,14 @@ def build_worker(
         # Lives as long as the worker; a charge that hangs is abandoned after 30 s and retried.
         http = httpx.Client(timeout=httpx.Timeout(10.0, read=30.0))
         gateway = PaymentGateway(http, settings.gateway_url, settings.gateway_api_key)
+    enrichment = None
+    if settings.enrichment_url:
+        # A slow enrichment service must not hold a lead up: 5 s, then the deal retries a few
+        # times and goes on without it.
+        enrichment = EnrichmentClient(settings.enrichment_url, settings.enrichment_api_key,
+                                      httpx.Client(timeout=5.0), engine)  # fmt: skip
     register_price_book(engine, rules.catalog)
-    activities = build_activities(engine, rules, mailer, gateway)
+    activities = build_activities(engine, rules, mailer, gateway, enrichment)
     interceptors = []
     if settings.faults_json:
         plan = FaultPlan.parse(settings.faults_json, {fn.__name__ for fn in activities})

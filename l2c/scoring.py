@@ -1,25 +1,39 @@
-"""Lead scoring and routing: transparent rules from config/policy.toml, pure functions."""
+"""Lead scoring rules: transparent points from config/policy.toml, pure functions. The trained
+model's points (l2c/lead_model.py) are added to these by the scoring activity."""
 
 from l2c.config import PolicyConfig
 from models.deal import LeadInput
 from models.documents import LeadAssessment
+from models.leads import Firmographics
 
 
 def email_domain(email: str) -> str:
     return email.rsplit("@", 1)[-1].lower()
 
 
-def assess_lead(policy: PolicyConfig, lead: LeadInput) -> LeadAssessment:
+def rule_points(
+    policy: PolicyConfig, lead: LeadInput, firmographics: Firmographics | None = None
+) -> dict[str, int]:
+    """Points by rule (feature -> points). Company size is the lead's, else the enrichment's."""
     rules = policy.scoring
     breakdown: dict[str, int] = {}
-    if lead.employees is not None:
-        reached = [band.points for band in rules.employee_bands if lead.employees >= band.min]
+    employees = lead.employees
+    if employees is None and firmographics is not None:
+        employees = firmographics.employees
+    if employees is not None:
+        reached = [band.points for band in rules.employee_bands if employees >= band.min]
         breakdown["company_size"] = max(reached, default=0)
     breakdown["source"] = rules.source_points.get(lead.source, rules.other_source_points)
     if lead.country in rules.target_countries:
         breakdown["target_country"] = rules.target_country_points
     if email_domain(lead.contact_email) not in rules.free_email_domains:
         breakdown["corporate_email"] = rules.corporate_email_points
+    return breakdown
+
+
+def assess_lead(policy: PolicyConfig, lead: LeadInput) -> LeadAssessment:
+    """Deals from before the trained model and teams: rule points, first-match routing."""
+    breakdown = rule_points(policy, lead)
     return LeadAssessment(
         score=sum(breakdown.values()), owner=route_lead(policy, lead), breakdown=breakdown
     )

@@ -32,7 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from l2c.closed_deals import record_chargeback
 from l2c.gateway import from_minor_units
-from l2c.local_http import BackgroundServer, BadRequest, JsonHandler
+from l2c.local_http import BackgroundServer, BadRequest, JsonHandler, run_on_loop
 from models.ledger import PaymentRecordRow
 
 TOLERANCE_SECONDS = 300
@@ -255,12 +255,7 @@ def webhook_endpoint(port: int, secret: str, client: Client, engine: Engine) -> 
     loop = asyncio.get_running_loop()
 
     def send_signal(deal_id: str, name: str, body: dict[str, str]) -> None:
-        handle = client.get_workflow_handle(deal_id)
-        sent = asyncio.run_coroutine_threadsafe(handle.signal(name, body), loop)
-        try:
-            sent.result(timeout=30)
-        finally:
-            sent.cancel()  # a no-op once done; else the gateway will send the event again
+        run_on_loop(loop, client.get_workflow_handle(deal_id).signal(name, body))
 
     def record_closed(deal_id: str, name: str, body: dict[str, str]) -> str:
         return record_chargeback(engine, deal_id, name, body, datetime.now(UTC))

@@ -1,7 +1,7 @@
 """Deterministic calendar arithmetic shared by the workflow and activities."""
 
 import calendar
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -37,3 +37,8 @@ def months_after(start: datetime, months: int, month_seconds: int = 0) -> dateti
     if month_seconds:
         return start + timedelta(seconds=month_seconds * months)
     return add_months(start, months)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A timestamp read back from the ledger: SQLite drops the zone of what was written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

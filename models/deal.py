@@ -41,10 +41,12 @@ class Stage(StrEnum):
     LOST = "lost"
     DISQUALIFIED = "disqualified"
     WRITTEN_OFF = "written_off"
+    # The lead joined the open deal of the same person or company (`merged_into` in the state).
+    MERGED = "merged"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (Stage.WON, Stage.LOST, Stage.DISQUALIFIED, Stage.WRITTEN_OFF)
+        return self in (Stage.WON, Stage.LOST, Stage.DISQUALIFIED, Stage.WRITTEN_OFF, Stage.MERGED)
 
 
 class LeadInput(BaseModel):
@@ -102,6 +104,15 @@ class ActivityTiming(BaseModel):
         return self
 
 
+class NurtureStep(BaseModel):
+    """A touch of the nurture cadence: an e-mail this many days after nurture began."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    day: int = Field(ge=0)
+    template: str = Field(min_length=1)  # in templates/, its first line "Subject: ..."
+
+
 class DealPolicy(BaseModel):
     """The timing and scoring rules a deal runs under, snapshotted from configuration at its start."""
 
@@ -123,6 +134,8 @@ class DealPolicy(BaseModel):
     early_payment_discount_percent: Decimal = Decimal(0)  # 0 = no early-payment discount
     early_payment_discount_days: int = 0
     late_fee_at_level: int = 0
+    # The nurture cadence (deals from before it touched every `nurture_cadence_days`).
+    nurture_touches: list[NurtureStep] = []
 
     def months_after(self, start: datetime, months: int) -> datetime:
         """A month boundary of this deal: calendar months, or compressed ones in a demo."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, computed_field, model_validator
 from models.cash import Allocation
 from models.contract_terms import ContractTerms
 from models.deal import LeadInput
+from models.leads import ModelScore
 from models.signals import BillingPeriod, SubmitQuote
 
 ProductKind = Literal["recurring", "one_time", "usage"]
@@ -20,8 +21,9 @@ ProductKind = Literal["recurring", "one_time", "usage"]
 
 class LeadAssessment(BaseModel):
     score: int
-    owner: str
+    owner: str | None = None  # deals from before routing by teams were routed when scored
     breakdown: dict[str, int]  # feature -> points, so a person can see why the score is what it is
+    model: ModelScore | None = None  # the trained model's part ("model" in the breakdown)
 
 
 class UsageTier(BaseModel):
@@ -460,6 +462,8 @@ class NurtureTouch(BaseModel):
     lead: LeadInput
     touch_number: int
     score: int
+    template: str = "nurture_touch.txt"  # deals from before the cadence had one template
+    owner: str | None = None  # signs the e-mail
 
 
 class RevenueRecognition(BaseModel):

@@ -33,6 +33,20 @@ class Enrichment(BaseModel):
 class IdentityRequest(BaseModel):
     deal_id: str
     lead: LeadInput
+    # A deal that held the account's claim but could not be reached (it ended without releasing
+    # it): the claim passes to this deal.
+    stale_claim: str | None = None
+
+
+class EnrichmentRequest(BaseModel):
+    deal_id: str
+    domain: str
+
+
+class ScoreRequest(BaseModel):
+    deal_id: str
+    lead: LeadInput
+    firmographics: Firmographics | None = None
 
 
 class IdentityResolution(BaseModel):
@@ -76,10 +90,18 @@ class ModelScore(BaseModel):
 
 class RoutingRequest(BaseModel):
     deal_id: str
-    lead: LeadInput
+    lead_id: str
+    country: str
     employees: int | None  # the lead's, or the enrichment's when the lead gave none
     assignment: int  # 1 for the first owner, +1 for each reassignment
     exclude: list[str] = []  # owners who missed the SLA on this lead
+    sales_ready: bool  # the SLA runs from now; else from when the lead qualifies (start_lead_sla)
+
+
+class SlaStart(BaseModel):
+    deal_id: str
+    assignment: int
+    team: str
 
 
 class LeadAssignment(BaseModel):
@@ -98,6 +120,7 @@ class LeadRouting(BaseModel):
 
     assignments: list[LeadAssignment] = []
     sla_misses: int = 0
+    sales_ready_at: datetime | None = None  # qualified: the owner's SLA runs from here
     accepted_by: str | None = None
     accepted_at: datetime | None = None
     # From the lead becoming sales-ready (qualified) to the owner accepting it.

@@ -70,7 +70,7 @@ class Lead(SQLModel, table=True):
     __tablename__ = "leads"
     lead_id: str = Field(primary_key=True, max_length=64)
     deal_id: str = Field(index=True, max_length=80)
-    account_key: str = Field(foreign_key="accounts.account_key", max_length=254)
+    account_key: str = Field(foreign_key="accounts.account_key", max_length=254, index=True)
     company: str = Field(max_length=200)
     contact_name: str = Field(max_length=200)
     contact_email: str = Field(max_length=254)

@@ -146,6 +146,13 @@ class LogEngagement(_Payload):
     by: Name = "marketing"
 
 
+class AcceptLead(_Payload):
+    """The lead's owner takes it on: the routing SLA stops and the response time is measured."""
+
+    by: Name
+    note: Text = ""
+
+
 class MarkLost(_Payload):
     by: Name
     reason: Reason

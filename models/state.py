@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from models.contract_terms import ContractTerms, RedlineUnderReview
 from models.deal import DealPolicy, LeadInput, Stage
 from models.documents import InvoiceLinePlan, Quote
+from models.leads import AttachedLead, Enrichment, IdentityResolution, LeadRouting, ModelScore
 from models.revenue import ObligationSchedule
 from models.signals import CardOnFile
 
@@ -160,8 +161,17 @@ class DealState(BaseModel):
     lead: LeadInput
     stage: Stage = Stage.NEW
     score: int = 0
-    score_breakdown: dict[str, int] = Field(default_factory=dict)
+    score_breakdown: dict[str, int] = Field(default_factory=dict)  # sums to `score`
     owner: str | None = None
+    # The lead front (deals from before it have none of these): who the lead is and which deals
+    # share its person or company, what enrichment found, the trained model's part of the score,
+    # its owners and their SLA, and leads of the same account that joined this deal.
+    identity: IdentityResolution | None = None
+    merged_into: str | None = None  # this lead joined that open deal (stage merged)
+    enrichment: Enrichment | None = None
+    score_model: ModelScore | None = None
+    routing: LeadRouting | None = None
+    attached_leads: list[AttachedLead] = Field(default_factory=list)
     policy: DealPolicy | None = None
     quote: Quote | None = None
     pending_approval: PendingApproval | None = None

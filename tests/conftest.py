@@ -29,8 +29,22 @@ def rules() -> BusinessRules:
 
 
 @pytest.fixture(scope="session")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """Months pass in milliseconds while the workflow waits on timers."""
+async def shared_ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    async with await start_time_skipping_env() as env:
+        yield env
+
+
+@pytest.fixture
+async def ts_env(
+    request: pytest.FixtureRequest, shared_ts_env: WorkflowEnvironment
+) -> AsyncIterator[WorkflowEnvironment]:
+    """Months pass in milliseconds while the workflow waits on timers: one server for the run,
+    or one per test in modules marked `own_clock`. Their deals leave timers to fire (SLAs,
+    escalations), and a timer the server strands when a run cancels it as it fires
+    (temporalio/sdk-java#3088) holds a shared clock for every later test."""
+    if request.node.get_closest_marker("own_clock") is None:
+        yield shared_ts_env
+        return
     async with await start_time_skipping_env() as env:
         yield env
 

@@ -11,7 +11,12 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import BusinessRules, Settings
@@ -37,6 +42,10 @@ def make_lead(**overrides: Any) -> LeadInput:
         "currency": "USD",
     }
     data.update(overrides)
+    if "contact_email" not in overrides:
+        # A company of its own for each lead: two leads of one company in a test's ledger would
+        # make one deal (identity resolution), which only the tests of that want.
+        data["contact_email"] = f"ada@{data['lead_id'].lower()}.acme.example"
     return LeadInput.model_validate(data)
 
 
@@ -93,6 +102,17 @@ async def own_worker(
             yield
         finally:
             await retire_at_rest(STARTED.pop(settings.task_queue, []))
+
+
+async def accept_lead(handle: Handle) -> DealState:
+    """The lead's owner accepts it (its owner may change meanwhile if its SLA passes)."""
+    for _ in range(5):
+        state = await state_of(handle)
+        if state.routing is not None and state.routing.accepted_by is not None:
+            return state
+        with contextlib.suppress(WorkflowUpdateFailedError):
+            await handle.execute_update("accept_lead", {"by": state.owner}, result_type=str)
+    raise AssertionError(f"{handle.id}: the lead could not be accepted")
 
 
 async def state_of(handle: Handle) -> DealState:

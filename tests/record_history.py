@@ -6,6 +6,7 @@ to record (recording one leaves the others as they are):
     python -m tests.record_history recorded-1
     python -m tests.record_history approval-matrix
     python -m tests.record_history contract-terms
+    python -m tests.record_history lead-front
 """
 
 import asyncio
@@ -24,7 +25,7 @@ from l2c.config import Settings, load_business_rules
 from l2c.runtime import build_worker
 from models.deal import Stage
 from tests.conftest import fresh_ledger, start_time_skipping_env
-from tests.helpers import advance_until, signal, start, wait_for_stage, wait_until
+from tests.helpers import advance_until, signal, start, state_of, wait_for_stage, wait_until
 
 OUT = Path(__file__).parent / "histories"
 
@@ -162,8 +163,48 @@ async def record_contract_terms() -> None:
         await save(handle, env.client, runs=2)
 
 
+async def record_lead_front() -> None:
+    """The lead front: a lead whose owner lets the SLA pass is reassigned and accepted (by
+    update); a colleague's lead joins its deal (and ends merged); a nurtured lead engages and
+    qualifies; the first deal is quoted, signed and paid for its one month."""
+    async with recording() as env:
+        handle = await start(env.client, "record", lead_id="L-lead-front",
+                             contact_email="ada@front.example")  # fmt: skip
+        await wait_for_stage(handle, Stage.QUALIFIED)
+        await signal(handle, "accept_lead", {"by": "somebody.else"})  # refused: not the owner
+        await advance_until(env, handle, lambda s: s.routing is not None
+                            and s.routing.sla_misses >= 1, step=timedelta(hours=1))  # fmt: skip
+        owner = (await state_of(handle)).owner
+        await handle.execute_update("accept_lead", {"by": owner, "note": "calling now"})
+        colleague = await start(env.client, "record", lead_id="L-lead-front-colleague",
+                                contact_email="bob@front.example")  # fmt: skip
+        await wait_until(handle, lambda s: len(s.attached_leads) == 1)
+        nurtured = await start(env.client, "record", lead_id="L-lead-front-nurtured",
+                               contact_email="pat@gmail.com", employees=4, country="BR")  # fmt: skip
+        await wait_until(nurtured, lambda s: any(e.kind == "nurture_touch" for e in s.events))
+        await signal(nurtured, "log_engagement", {"kind": "demo_request"})
+        await signal(nurtured, "log_engagement", {"kind": "pricing_page"})
+        await wait_for_stage(nurtured, Stage.QUALIFIED)
+        await signal(nurtured, "mark_lost", {"by": "sam.rep", "reason": "went quiet"})
+        await signal(handle, "submit_quote", {"submitted_by": owner, "term_months": 1,
+                     "lines": [{"sku": "PLATFORM", "quantity": 10}]})  # fmt: skip
+        state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+        assert state.contract is not None
+        await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@front.example",
+                                               "document_sha256": state.contract.document_sha256})  # fmt: skip
+        await signal(
+            handle, "give_notice", {"by": "ada", "party": "customer", "reason": "one month"}
+        )
+        state = await advance_until(env, handle, lambda s: len(s.invoices) == 1)
+        await signal(handle, "record_payment", {"invoice_number": state.invoices[0].number,
+                     "amount": str(state.invoices[0].amount), "reference": "R1"})  # fmt: skip
+        await save(handle, env.client)
+        await save(colleague, env.client)
+        await save(nurtured, env.client)
+
+
 RECORDERS = {"recorded-1": record_recorded_1, "approval-matrix": record_approval_matrix,
-             "contract-terms": record_contract_terms}  # fmt: skip
+             "contract-terms": record_contract_terms, "lead-front": record_lead_front}  # fmt: skip
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in RECORDERS:

@@ -1,7 +1,6 @@
 """The quote stage as a CPQ: several approvals in parallel with segregation of duties, escalation
 after the SLA, quotes that expire, and re-quotes that supersede."""
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -10,7 +9,6 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import BusinessRules, Settings
-from l2c.drill import start_time_skipping_env
 from l2c.mailcatcher import MailCatcher
 from l2c.runtime import build_worker
 from models.deal import Stage
@@ -27,14 +25,8 @@ from tests.helpers import (
     wait_until,
 )
 
-
-@pytest.fixture
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server per test here: these tests skip days of business hours, and a
-    timer stranded by an earlier test's deal (temporalio/sdk-java#3088) can hold the shared
-    server's clock, so that skipping time never returns."""
-    async with await start_time_skipping_env() as env:
-        yield env
+# These tests skip days of business hours past SLAs: a clock of their own (tests/conftest.py).
+pytestmark = pytest.mark.own_clock
 
 
 LARGE = {"submitted_by": "nora.na", "discount_percent": "15", "term_months": 12,

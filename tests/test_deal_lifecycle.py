@@ -35,6 +35,7 @@ from tests.helpers import (
     own_worker,
     quote_to_signature,
     refused_after,
+    retire_at_rest,
     sign,
     signal,
     start,
@@ -43,13 +44,18 @@ from tests.helpers import (
     wait_until,
 )
 
+# Deals here wait at qualified while their lead's SLA passes and its reassignments run: a clock
+# of their own for each test (tests/conftest.py).
+pytestmark = pytest.mark.own_clock
+
 
 async def test_twelve_month_monthly_subscription_from_lead_to_won(
     ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
 ) -> None:
     handle = await start(ts_env.client, deal_worker.task_queue)
     state = await wait_for_stage(handle, Stage.QUALIFIED)
-    assert state.score == 70 and state.owner == "nora.na"
+    assert state.score == 70 and state.routing is not None
+    assert state.routing.assignments[0].owner == "nora.na"  # later ones if the SLA passed
     assert state.score_breakdown == {
         "company_size": 25,
         "source": 10,
@@ -140,11 +146,20 @@ async def test_nurtured_lead_without_engagement_is_disqualified(
     final = await final_state(handle)
     assert final.stage == Stage.DISQUALIFIED
     touches = [e for e in final.events if e.kind == "nurture_touch"]
-    assert len(touches) == 13  # every 7 days within 90 days: days 0, 7, ..., 84
-    assert (final.events[-1].at - final.events[0].at) >= timedelta(days=90)
+    # The cadence of config/policy.toml: days 0, 7, 21 and 45, each its own e-mail; re-scored
+    # before each touch but the first and once more at the end (day 60), then disqualified.
+    assert [t.detail for t in touches] == [
+        "touch 1 sent (nurture_welcome.txt)", "touch 2 sent (nurture_guide.txt)",
+        "touch 3 sent (nurture_case_study.txt)", "touch 4 sent (nurture_last_call.txt)"]  # fmt: skip
+    started = next(e.at for e in final.events if e.kind == "nurture_touch")
+    assert [(t.at - started).days for t in touches] == [0, 7, 21, 45]
+    assert len([e for e in final.events if e.kind == "lead_rescored"]) == 4
+    assert round((final.events[-1].at - started) / timedelta(days=1)) == 60
+    assert "through the nurture cadence (4 touches over 60 days)" in final.events[-1].detail
     with Session(sqlite_ledger) as session:
-        assert len(session.exec(select(OutboxEmail)).all()) == 13
-    assert len(mailbox.messages) == 13
+        assert len(session.exec(select(OutboxEmail)).all()) == 4
+    subjects = [m["Subject"] for m in mailbox.messages]
+    assert len(subjects) == 4 and "shall we stay in touch" in subjects[-1]
 
 
 async def test_discount_approval_refused_then_rejected_then_requoted(
@@ -220,7 +235,7 @@ async def test_contract_declined_then_wrong_hash_refused_then_signed(
     await sign(handle, second)
     state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) == 1)
     assert state.invoices[0].amount == Decimal("3000.00")  # 5 seats x 50 x 12, upfront
-    await handle.terminate("test done")
+    await retire_at_rest([handle])
 
 
 async def test_unpaid_invoice_is_dunned_and_written_off(
@@ -379,7 +394,7 @@ async def test_mark_lost_is_refused_after_signature(
     await quote_to_signature(handle)
     reason = await refused_after(handle, "mark_lost", {"by": "nora.na", "reason": "changed mind"})
     assert "stage active" in reason
-    await handle.terminate("test done")
+    await retire_at_rest([handle])
 
 
 async def test_invalid_lead_fails_at_once_without_retrying(
@@ -407,9 +422,10 @@ async def test_same_lead_twice_gives_one_deal(
     assert first.id == second.id == f"deal-{lead.lead_id}"
     assert (await first.describe()).run_id == (await second.describe()).run_id
     # Terminate only at rest: the time-skipping server keeps time locked for an activity that was in
-    # flight when its workflow was terminated, which would freeze every later test.
+    # flight when its workflow was terminated, which would freeze every later test (at qualified,
+    # the lead's SLA may pass and a reassignment run at any moment).
     await wait_for_stage(first, Stage.QUALIFIED)
-    await first.terminate("test done")
+    await retire_at_rest([first])
 
 
 async def test_write_off_of_a_monthly_deal_stops_billing_and_leaves_nothing_open(

@@ -34,8 +34,9 @@ from tests.helpers import (
 
 FAULTS = {
     "load_deal_policy": {"kind": "slow", "seconds": 0.5},
-    "capture_lead": {"kind": "error_after"},
-    "assess_lead": {"kind": "error", "attempts": 3},
+    "resolve_identity": {"kind": "error_after"},
+    "score_lead": {"kind": "error", "attempts": 3},
+    "route_lead": {"kind": "error_after"},
     "price_quote": {"kind": "error_after", "attempts": 2},
     "render_contract": {"kind": "error"},
     "record_signature": {"kind": "error_after"},

@@ -26,6 +26,7 @@ from models.deal import WORKFLOW_TYPE, Stage
 from models.state import DealState
 from tests.helpers import (
     Handle,
+    accept_lead,
     make_lead,
     quote_to_signature,
     retire_at_rest,
@@ -71,6 +72,7 @@ VALID: dict[str, dict[str, Any]] = {
     "record_payment": {"invoice_number": "INV-000001", "amount": "100.00", "reference": "R-1"},
     "log_engagement": {"kind": "email_open"},
     "mark_lost": {"by": "nora.na", "reason": "no budget"},
+    "accept_lead": {"by": "nora.na", "note": "calling today"},
 }  # fmt: skip
 # Where each signal is meant to act (so validation beyond the stage check is reached).
 HOME_STAGE = {
@@ -82,6 +84,7 @@ HOME_STAGE = {
     "record_payment": Stage.ACTIVE,
     "log_engagement": Stage.NURTURING,
     "mark_lost": Stage.QUALIFIED,
+    "accept_lead": Stage.QUALIFIED,
 }
 
 
@@ -150,14 +153,19 @@ class DealsAtRest:
 
     async def _create(self, stage: Stage) -> Handle:
         if stage == Stage.NURTURING:
+            # A person of their own: a second lead of one person would join the first's deal.
             handle = await start(self.client, self.task_queue, employees=5, source="other",
-                                 country="BR", contact_email="kim@gmail.com")  # fmt: skip
+                                 country="BR", contact_email=f"kim{uuid.uuid4().hex[:8]}@gmail.com")  # fmt: skip
             # At rest once the first nurture e-mail has gone out.
             await wait_until(handle, lambda s: any(e.kind == "nurture_touch" for e in s.events))
             return handle
         handle = await start(self.client, self.task_queue)
         await wait_for_stage(handle, Stage.QUALIFIED)
-        if stage == Stage.AWAITING_APPROVAL:
+        if stage == Stage.QUALIFIED:
+            # At rest once accepted: else the lead's SLA passes and reassignments come in while
+            # a fuzzed signal's outcome is awaited.
+            await accept_lead(handle)
+        elif stage == Stage.AWAITING_APPROVAL:
             await signal(
                 handle, "submit_quote", {**VALID["submit_quote"], "discount_percent": "15"}
             )
@@ -248,7 +256,10 @@ async def test_fuzzed_workflow_input(
         task_queue=deal_worker.task_queue, result_type=DealState,
     )  # fmt: skip
     try:
-        state = await wait_until(handle, lambda s: s.stage in (Stage.NURTURING, Stage.QUALIFIED))
+        # A valid lead runs: nurtured, qualified, or joined to the open deal of an earlier one.
+        state = await wait_until(
+            handle, lambda s: s.stage in (Stage.NURTURING, Stage.QUALIFIED, Stage.MERGED)
+        )
         assert state.lead.lead_id, data  # a valid lead: the deal runs
     except WorkflowQueryFailedError:  # the deal failed on its input, as it must
         with pytest.raises(WorkflowFailureError) as failure:

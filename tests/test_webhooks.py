@@ -19,7 +19,7 @@ from l2c.gateway_sandbox import SandboxGateway
 from l2c.local_http import BackgroundServer
 from l2c.webhooks import WebhookRefused, sign, verify, webhook_endpoint, webhook_url
 from models.deal import Stage
-from tests.helpers import quote_to_signature, refusals, start, state_of, wait_until
+from tests.helpers import quote_to_signature, refusals, retire_at_rest, start, state_of, wait_until
 
 SECRET = "whsec_test"
 BODY = b'{"type": "payment_intent.succeeded"}'
@@ -116,7 +116,7 @@ async def test_a_card_charge_pays_the_invoice_once_however_often_announced(
     final = await state_of(handle)
     assert final.invoices == paid.invoices
     assert len(refusals(final, "record_payment")) == 1
-    await handle.terminate("test done")
+    await retire_at_rest([handle])
 
 
 async def test_unreadable_requests_get_a_reason_not_a_dropped_connection(

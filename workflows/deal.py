@@ -76,10 +76,22 @@ with workflow.unsafe.imports_passed_through():
         UsageBilling,
         WriteOffRequest,
     )
+    from models.leads import (
+        AttachedLead,
+        Enrichment,
+        EnrichmentRequest,
+        IdentityRequest,
+        LeadAssignment,
+        LeadRouting,
+        RoutingRequest,
+        ScoreRequest,
+        SlaStart,
+    )
     from models.money import ZERO
     from models.revenue import RevenueStream, modify_prospectively, obligation_schedules
     from models.search import DEAL_AMOUNT, DEAL_OWNER, DEAL_STAGE
     from models.signals import (
+        AcceptLead,
         ApproveDiscount,
         ChangeQuantity,
         CloseDispute,
@@ -165,6 +177,19 @@ CASH_APPLICATION = "cash-application"
 # price allocated by relative standalone selling price, rather than as each invoice is delivered.
 OBLIGATION_RECOGNITION = "recognition-by-obligation"
 
+# Version marker: the lead front. Identity resolution (a lead of an account with an open deal
+# joins it), enrichment, the trained scoring model, routing to teams with an SLA to accept, and
+# the nurture cadence.
+LEAD_FRONT = "lead-front"
+
+# Enrichment is worth a few tries, not a stalled deal: then the deal goes on without it.
+ENRICHMENT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3,
+                               non_retryable_error_types=["EnrichmentRefused"])  # fmt: skip
+
+# A lead joins another deal only if that deal can be told; a deal that cannot (it has just
+# ended) loses its claim on the account, and the lead tries again this many times at most.
+ATTACH_ATTEMPTS = 3
+
 # Credit note references the deal itself uses; refused from people.
 EARLY_PAYMENT_PREFIX = "early-payment:"
 LATE_FEE_WAIVED_PREFIX = "late-fee-waived:"
@@ -244,6 +269,10 @@ class DealWorkflow:
         # credit keep the rules they ran under (see invoice_collect_and_recognize).
         self._cash_application = False
         self._activities_running = 0  # any activity under way, from any coroutine
+        self._lead_front = False  # see capture_lead
+        self._lead_sla: asyncio.Task[None] | None = None  # reassigns a lead nobody accepted
+        self._lead_sla_sleeping = False  # its timer is running
+        self._closing = False
 
     # ------------------------------------------------------------------ the process
 
@@ -279,54 +308,266 @@ class DealWorkflow:
     async def capture_lead(self) -> None:
         self._set_stage(Stage.NEW)
         self.deal.policy = await self._call(LeadActivities.load_deal_policy, None, "load policy")
-        await self._call(LeadActivities.capture_lead, self.deal.lead, "capture lead")
+        # Deals that started before the lead front replay as they ran.
+        self._lead_front = workflow.patched(LEAD_FRONT)
+        if not self._lead_front:
+            await self._call(LeadActivities.capture_lead, self.deal.lead, "capture lead")
+        else:
+            await self.resolve_identity()
+            await self.enrich_lead()
         self._record("lead_captured", self.deal.lead.source, f"{self.deal.lead.company}")
 
+    async def resolve_identity(self) -> None:
+        """Record who the lead is; a lead of a person or company with an open deal joins that
+        deal (told by signal `attach_lead`) and this one ends `merged`."""
+        stale = None
+        for _ in range(ATTACH_ATTEMPTS):
+            request = IdentityRequest(deal_id=self.deal_id, lead=self.deal.lead, stale_claim=stale)
+            identity = await self._call(
+                LeadActivities.resolve_identity, request, "resolve identity"
+            )
+            self.deal.identity = identity
+            self._record("identity_resolved", "identity", identity.detail)
+            if identity.attach_to is None or identity.matched == "new":
+                return
+            attached = AttachedLead(lead=self.deal.lead, deal_id=self.deal_id,
+                                    matched=identity.matched, detail=identity.detail)  # fmt: skip
+            try:
+                await workflow.get_external_workflow_handle(identity.attach_to).signal(
+                    "attach_lead", attached
+                )
+            except Exception as err:  # it ended without releasing the account: take it over
+                self._record("identity_resolved", "identity",
+                             f"{identity.attach_to} could not take the lead ({err}); "
+                             "its claim on the account is released")  # fmt: skip
+                stale = identity.attach_to
+                continue
+            self.deal.merged_into = identity.attach_to
+            raise DealEnded(
+                Stage.MERGED, f"joined open deal {identity.attach_to}: {identity.detail}"
+            )
+
+    async def enrich_lead(self) -> None:
+        """Firmographics of the company (not for a free-mail address); a service that fails
+        leaves the deal with what the lead carried, and says so."""
+        identity = self.deal.identity
+        assert identity is not None
+        if identity.company_domain is None:
+            self.deal.enrichment = Enrichment(
+                status="skipped", detail="free-mail address: no company domain"
+            )
+        else:
+            request = EnrichmentRequest(deal_id=self.deal_id, domain=identity.company_domain)
+            try:
+                self.deal.enrichment = await workflow.execute_activity_method(
+                    LeadActivities.enrich_lead, request, summary="enrich lead",
+                    start_to_close_timeout=timedelta(seconds=self.policy.activities.timeout_seconds),
+                    retry_policy=ENRICHMENT_RETRY)  # fmt: skip
+            except ActivityError as err:
+                why = str(err.cause) if err.cause is not None else str(err)
+                self.deal.enrichment = Enrichment(status="unavailable", detail=why)
+        enrichment = self.deal.enrichment
+        found = enrichment.firmographics
+        detail = enrichment.detail
+        if enrichment.status == "enriched" and found is not None:
+            facts = [f"{found.employees} employees" if found.employees else "",
+                     found.industry or "", found.country or ""]  # fmt: skip
+            detail = f"{found.domain}: {', '.join(f for f in facts if f) or 'no facts'}"
+            detail += " (cached)" if enrichment.cached else ""
+        self._record(f"enrichment_{enrichment.status}", "enrichment", detail or enrichment.status)
+
     async def score_and_route(self) -> None:
+        if self._lead_front:
+            await self.score_lead("lead_scored")
+            await self.assign_owner(sales_ready=self.deal.score >= self.policy.qualify_at)
+            return
         assessment = await self._call(LeadActivities.assess_lead, self.deal.lead, "score and route")
         self.deal.score = assessment.score
         self.deal.score_breakdown = assessment.breakdown
         self.deal.owner = assessment.owner
-        workflow.upsert_search_attributes([DEAL_OWNER.value_set(assessment.owner)])
+        workflow.upsert_search_attributes([DEAL_OWNER.value_set(assessment.owner or "")])
         self._record(
             "lead_scored",
             "scoring",
             f"score {assessment.score} ({_points(assessment.breakdown)}), routed to {assessment.owner}",
         )
 
+    async def score_lead(self, kind: str) -> None:
+        """Rule points and the trained model's, plus the engagement points so far."""
+        enrichment = self.deal.enrichment
+        request = ScoreRequest(deal_id=self.deal_id, lead=self.deal.lead,
+                               firmographics=enrichment.firmographics if enrichment else None)  # fmt: skip
+        assessment = await self._call(LeadActivities.score_lead, request, "score lead")
+        engagement = self.deal.score_breakdown.get("engagement", 0)  # as of now, handlers included
+        breakdown = dict(assessment.breakdown)
+        if engagement:
+            breakdown["engagement"] = engagement
+        self.deal.score_breakdown = breakdown
+        self.deal.score = sum(breakdown.values())
+        self.deal.score_model = model = assessment.model
+        detail = f"score {self.deal.score} ({_points(breakdown)})"
+        if model is not None:
+            detail += (f"; model v{model.version}: win probability {model.probability:.0%} "
+                       f"from {model.won} won and {model.lost} lost deals")  # fmt: skip
+        else:
+            detail += "; no trained model yet (l2c leads train)"
+        self._record(kind, "scoring", detail)
+
+    async def assign_owner(self, sales_ready: bool, exclude: list[str] | None = None) -> None:
+        """The lead's next owner, from its team's round-robin. Sales-ready, the owner must accept
+        it (accept_lead) within the team's SLA."""
+        routing = self.deal.routing = self.deal.routing or LeadRouting()
+        enrichment = self.deal.enrichment
+        employees = self.deal.lead.employees
+        if employees is None and enrichment is not None and enrichment.firmographics is not None:
+            employees = enrichment.firmographics.employees
+        request = RoutingRequest(deal_id=self.deal_id, lead_id=self.deal.lead.lead_id,
+                                 country=self.deal.lead.country, employees=employees,
+                                 assignment=len(routing.assignments) + 1, exclude=exclude or [],
+                                 sales_ready=sales_ready)  # fmt: skip
+        assignment: LeadAssignment = await self._call(
+            LeadActivities.route_lead, request, "route lead"
+        )
+        routing.assignments.append(assignment)
+        self._set_owner(assignment, "lead_reassigned" if exclude else "lead_routed")
+
+    def _set_owner(self, assignment: LeadAssignment, kind: str) -> None:
+        self.deal.owner = assignment.owner
+        workflow.upsert_search_attributes([DEAL_OWNER.value_set(assignment.owner)])
+        detail = f"to {assignment.owner} ({assignment.reason})"
+        if assignment.accept_by is not None:
+            detail += f"; to accept by {assignment.accept_by.isoformat(timespec='minutes')}"
+        self._record(kind, "routing", detail)
+
     async def qualify_or_nurture(self) -> None:
         policy = self.policy
         if self.deal.score < policy.qualify_at:
             self._set_stage(Stage.NURTURING)
-            give_up_at = workflow.now() + timedelta(days=policy.nurture_give_up_after_days)
-            touches = 0
-            while self.deal.score < policy.qualify_at:
-                if workflow.now() >= give_up_at:
-                    raise DealEnded(
-                        Stage.DISQUALIFIED,
-                        f"score {self.deal.score} stayed below {policy.qualify_at} for "
-                        f"{policy.nurture_give_up_after_days} days of nurture",
-                    )
-                touches += 1
-                await self._call(
-                    LeadActivities.send_nurture_touch,
-                    NurtureTouch(
-                        deal_id=self.deal_id,
-                        lead=self.deal.lead,
-                        touch_number=touches,
-                        score=self.deal.score,
-                    ),
-                    f"nurture e-mail {touches}",
-                )
-                self._record("nurture_touch", "nurture", f"touch {touches} sent")
-                next_touch = min(
-                    workflow.now() + timedelta(days=policy.nurture_cadence_days), give_up_at
-                )
-                await self._wait_until(
-                    next_touch, lambda: self.deal.score >= policy.qualify_at, "next nurture touch"
-                )
+            if self._lead_front:
+                await self.nurture()
+            else:
+                await self._nurture_every_cadence_days()
+        if self._lead_front:
+            await self._start_lead_sla()  # before the stage shows: no step follows it
         self._set_stage(Stage.QUALIFIED)
         self._record("qualified", "scoring", f"score {self.deal.score} >= {policy.qualify_at}")
+        if self._lead_front:
+            self._lead_sla = asyncio.create_task(self._reassign_unaccepted_lead())
+
+    async def nurture(self) -> None:
+        """The cadence of touches until the lead qualifies (engagement, or a re-score before a
+        touch), else disqualification once the cadence is over."""
+        policy = self.policy
+        started = workflow.now()
+        give_up_at = started + timedelta(days=policy.nurture_give_up_after_days)
+
+        def qualified() -> bool:
+            return self.deal.score >= policy.qualify_at
+
+        for number, touch in enumerate(policy.nurture_touches, start=1):
+            moment = started + timedelta(days=touch.day)
+            if await self._wait_until(moment, qualified, f"nurture touch {number}"):
+                return
+            if number > 1:
+                await self.score_lead("lead_rescored")
+                if qualified():
+                    return
+            await self._call(
+                LeadActivities.send_nurture_touch,
+                NurtureTouch(
+                    deal_id=self.deal_id,
+                    lead=self.deal.lead,
+                    touch_number=number,
+                    score=self.deal.score,
+                    template=touch.template,
+                    owner=self.deal.owner,
+                ),
+                f"nurture e-mail {number}",
+            )
+            self._record("nurture_touch", "nurture", f"touch {number} sent ({touch.template})")
+        if await self._wait_until(give_up_at, qualified, "end of nurture"):
+            return
+        await self.score_lead("lead_rescored")
+        if not qualified():
+            raise DealEnded(Stage.DISQUALIFIED,
+                            f"score {self.deal.score} stayed below {policy.qualify_at} through "
+                            f"the nurture cadence ({len(policy.nurture_touches)} touches over "
+                            f"{policy.nurture_give_up_after_days} days)")  # fmt: skip
+
+    async def _nurture_every_cadence_days(self) -> None:
+        """Deals from before the cadence: a touch every cadence_days until giving up."""
+        policy = self.policy
+        give_up_at = workflow.now() + timedelta(days=policy.nurture_give_up_after_days)
+        touches = 0
+        while self.deal.score < policy.qualify_at:
+            if workflow.now() >= give_up_at:
+                raise DealEnded(
+                    Stage.DISQUALIFIED,
+                    f"score {self.deal.score} stayed below {policy.qualify_at} for "
+                    f"{policy.nurture_give_up_after_days} days of nurture",
+                )
+            touches += 1
+            await self._call(
+                LeadActivities.send_nurture_touch,
+                NurtureTouch(
+                    deal_id=self.deal_id,
+                    lead=self.deal.lead,
+                    touch_number=touches,
+                    score=self.deal.score,
+                ),
+                f"nurture e-mail {touches}",
+            )
+            self._record("nurture_touch", "nurture", f"touch {touches} sent")
+            next_touch = min(
+                workflow.now() + timedelta(days=policy.nurture_cadence_days), give_up_at
+            )
+            await self._wait_until(
+                next_touch, lambda: self.deal.score >= policy.qualify_at, "next nurture touch"
+            )
+
+    async def _start_lead_sla(self) -> None:
+        """The lead is sales-ready: its owner has the team's SLA to accept it. The clock runs in
+        the background while the deal goes on (`_reassign_unaccepted_lead`)."""
+        routing = self.deal.routing
+        assert routing is not None
+        routing.sales_ready_at = workflow.now()
+        current = routing.assignments[-1]
+        if routing.accepted_by is None and current.accept_by is None:
+            start = SlaStart(deal_id=self.deal_id, assignment=current.assignment, team=current.team)
+            started: LeadAssignment = await self._call(
+                LeadActivities.start_lead_sla, start, "start lead SLA"
+            )
+            current.accept_by = started.accept_by
+            if started.accept_by is not None:
+                self._record("lead_sla_started", "routing", f"{current.owner} to accept by "
+                             f"{started.accept_by.isoformat(timespec='minutes')}")  # fmt: skip
+
+    async def _reassign_unaccepted_lead(self) -> None:
+        """Each owner who lets the SLA pass loses the lead to the next rep of the team."""
+        routing = self.deal.routing
+        assert routing is not None
+        while routing.accepted_by is None and not self._closing:
+            current = routing.assignments[-1]
+            if current.accept_by is None:
+                return  # the team's manager: no SLA
+            remaining = current.accept_by - workflow.now()
+            if remaining > timedelta(0):
+                # A plain timer, never cancelled by an acceptance (only by the deal closing): the
+                # test server strands a run that cancels a timer firing at that moment
+                # (temporalio/sdk-java#3088), and a timer left to fire costs one quiet task.
+                self._lead_sla_sleeping = True
+                try:
+                    await workflow.sleep(remaining, summary=f"{current.owner} to accept the lead")
+                finally:
+                    self._lead_sla_sleeping = False
+            if routing.accepted_by is not None or self._closing:
+                return
+            current.missed = True
+            routing.sla_misses += 1
+            self._record("lead_sla_missed", current.owner,
+                         f"not accepted by {current.accept_by.isoformat(timespec='minutes')}")  # fmt: skip
+            missed = [a.owner for a in routing.assignments if a.missed]
+            await self.assign_owner(sales_ready=True, exclude=missed)
 
     async def agree_quote_and_contract(self) -> Quote:
         """Quote, approvals and signature, back to `qualified` whenever one of them says no, the
@@ -1589,6 +1830,12 @@ class DealWorkflow:
     async def close(self, stage: Stage, reason: str) -> None:
         # Let payment handlers finish their ledger postings before the deal closes.
         await workflow.wait_condition(workflow.all_handlers_finished)
+        self._closing = True
+        if self._lead_sla is not None:
+            if self._lead_sla_sleeping:
+                self._lead_sla.cancel()  # its timer: nobody is left to reassign the lead to
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lead_sla  # a reassignment under way finishes first
         self.deal.pending_approval = None
         self._set_stage(stage)
         self._record(f"deal_{stage.value}", "system", reason)
@@ -1674,6 +1921,10 @@ class DealWorkflow:
 
     def _take_quote_submission(self, quote: SubmitQuote) -> None:
         self._quote_submission = quote
+        routing = self.deal.routing
+        if routing is not None and routing.accepted_by is None:
+            # A quote is the surest sign somebody has taken the lead on.
+            self._take_acceptance(quote.submitted_by, "submitted a quote")
         superseding = ""
         if self.deal.stage != Stage.QUALIFIED and self.deal.quote is not None:
             superseding = f"; supersedes quote v{self.deal.quote.version}"
@@ -2558,9 +2809,81 @@ class DealWorkflow:
             )
             return
         self.deal.score += points
+        breakdown = self.deal.score_breakdown
+        breakdown["engagement"] = breakdown.get("engagement", 0) + points
         self._record(
             "engagement", engagement.by, f"{engagement.kind} +{points} -> score {self.deal.score}"
         )
+
+    @workflow.signal(
+        description="The lead's owner takes it on: stops the routing SLA (a lead not accepted in "
+        "time goes to the next rep) and measures the response time; submitting a quote counts "
+        'too. {"by": "nora.na", "note": "calling tomorrow"}'
+    )
+    def accept_lead(self, payload: RawValue = NO_PAYLOAD) -> None:
+        acceptance = self._check_acceptance(payload)
+        if acceptance is not None:
+            self._take_acceptance(acceptance.by, acceptance.note or "accepted")
+
+    @workflow.update(name="accept_lead", description="As the accept_lead signal, validated.")
+    async def accept_lead_update(self, payload: RawValue = NO_PAYLOAD) -> str:
+        acceptance = _checked(self._check_acceptance(payload))
+        return self._take_acceptance(acceptance.by, acceptance.note or "accepted")
+
+    @accept_lead_update.validator
+    def _validate_acceptance(self, payload: RawValue = NO_PAYLOAD) -> None:
+        self._validate(self._check_acceptance, payload)
+
+    def _check_acceptance(self, payload: RawValue) -> AcceptLead | None:
+        acceptance = self._accept("accept_lead", payload, AcceptLead, BEFORE_SIGNATURE)
+        if acceptance is None:
+            return None
+        routing = self.deal.routing
+        if routing is None or not routing.assignments:
+            self._refuse("accept_lead", acceptance.by, "the lead is not routed to an owner yet"
+                         if self._lead_front else "deals started before routing by teams "
+                         "have no SLA to accept the lead in")  # fmt: skip
+            return None
+        if routing.accepted_by is not None:
+            self._refuse("accept_lead", acceptance.by, f"already accepted by {routing.accepted_by}")
+            return None
+        if acceptance.by != self.deal.owner:
+            self._refuse("accept_lead", acceptance.by, f"the lead is routed to {self.deal.owner}; "
+                                                       "only its owner accepts it")  # fmt: skip
+            return None
+        return acceptance
+
+    def _take_acceptance(self, by: str, note: str) -> str:
+        routing = self.deal.routing
+        assert routing is not None
+        now = workflow.now()
+        routing.accepted_by, routing.accepted_at = by, now
+        routing.assignments[-1].accepted_at = now
+        if routing.sales_ready_at is None:
+            response = "before it was sales-ready"
+        else:
+            routing.response_seconds = max(0, int((now - routing.sales_ready_at).total_seconds()))
+            response = f"response time {timedelta(seconds=routing.response_seconds)}"
+        self._record("lead_accepted", by, f"{note}; {response}")
+        return f"lead accepted by {by}; {response}"
+
+    @workflow.signal(
+        description="Sent by a new lead's deal (not by people): a lead of the same person or "
+        "company joins this open deal rather than starting another."
+    )
+    def attach_lead(self, payload: RawValue = NO_PAYLOAD) -> None:
+        stages = tuple(stage for stage in Stage if not stage.is_terminal)
+        attached = self._accept("attach_lead", payload, AttachedLead, stages)
+        if attached is None:
+            return
+        if any(a.deal_id == attached.deal_id for a in self.deal.attached_leads):
+            self._refuse("attach_lead", attached.deal_id, "this lead has already joined the deal")
+            return
+        self.deal.attached_leads.append(attached)
+        lead = attached.lead
+        self._record("lead_attached", attached.deal_id,
+                     f"{lead.contact_name} <{lead.contact_email}> of {lead.company} "
+                     f"(lead {lead.lead_id}, {lead.source}) joined: {attached.detail}")  # fmt: skip
 
     @workflow.signal(
         description="Notice that the contract is not to renew: it ends with the term under way "
