@@ -28,22 +28,23 @@ def rules() -> BusinessRules:
     return load_business_rules()
 
 
-@pytest.fixture(scope="session")
-async def shared_ts_env() -> AsyncIterator[WorkflowEnvironment]:
+@pytest.fixture(scope="module")
+async def module_ts_env() -> AsyncIterator[WorkflowEnvironment]:
     async with await start_time_skipping_env() as env:
         yield env
 
 
 @pytest.fixture
 async def ts_env(
-    request: pytest.FixtureRequest, shared_ts_env: WorkflowEnvironment
+    request: pytest.FixtureRequest, module_ts_env: WorkflowEnvironment
 ) -> AsyncIterator[WorkflowEnvironment]:
-    """Months pass in milliseconds while the workflow waits on timers: one server for the run,
-    or one per test in modules marked `own_clock`. Their deals leave timers to fire (SLAs,
-    escalations), and a timer the server strands when a run cancels it as it fires
-    (temporalio/sdk-java#3088) holds a shared clock for every later test."""
+    """Months pass in milliseconds while the workflow waits on timers: one server per test
+    module, or per test in modules marked `own_clock`. Deals leave timers to fire (SLAs,
+    escalations), and a clock can be held for good by a workflow task nobody takes (a deal left
+    on a stopped worker's queue) or a timer the server strands when a run cancels it as it fires
+    (temporalio/sdk-java#3088): a module's failure then stays its own."""
     if request.node.get_closest_marker("own_clock") is None:
-        yield shared_ts_env
+        yield module_ts_env
         return
     async with await start_time_skipping_env() as env:
         yield env

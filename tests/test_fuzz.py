@@ -25,6 +25,7 @@ from l2c.config import Settings
 from models.deal import WORKFLOW_TYPE, Stage
 from models.state import DealState
 from tests.helpers import (
+    STARTED,
     Handle,
     accept_lead,
     make_lead,
@@ -60,6 +61,10 @@ JSON = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXTS, children, max_size=4),
     max_leaves=12,
 )
+
+# Hypothesis drives many deals per test, each leaving timers (nurture, the lead's SLA): a clock
+# of their own for each test (tests/conftest.py).
+pytestmark = pytest.mark.own_clock
 
 VALID: dict[str, dict[str, Any]] = {
     "submit_quote": {"submitted_by": "nora.na", "lines": [{"sku": "PLATFORM", "quantity": 10}],
@@ -261,6 +266,8 @@ async def test_fuzzed_workflow_input(
             handle, lambda s: s.stage in (Stage.NURTURING, Stage.QUALIFIED, Stage.MERGED)
         )
         assert state.lead.lead_id, data  # a valid lead: the deal runs
+        # Retired with the test's worker: its lead's SLA timer would fire on a queue nobody serves.
+        STARTED.setdefault(deal_worker.task_queue, []).append(handle)
     except WorkflowQueryFailedError:  # the deal failed on its input, as it must
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()
