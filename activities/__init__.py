@@ -39,6 +39,7 @@ def build_activities(
         leads.score_lead,
         leads.route_lead,
         leads.start_lead_sla,
+        leads.release_account,
         leads.send_nurture_touch,
         leads.close_deal,
         quotes.price_quote,

@@ -128,22 +128,27 @@ class LeadActivities:
             done = session.get(LeadAssignmentRecord, (request.deal_id, request.assignment))
             if done is None:
                 team = routing.team_for(request.country, request.employees)
-                now = datetime.now(UTC)
+                now = request.at
                 members = [m for m in team.members if m not in request.exclude]
-                if members or team.manager is None:
+                accept_by = None
+                if not request.exclude or members:
                     turn = session.get(RoutingCursor, team.name, with_for_update=True)
                     turn = turn or RoutingCursor(team=team.name, next_index=0)
-                    ring = members or team.members  # no manager: round again
-                    owner = ring[turn.next_index % len(ring)]
+                    owner = members[turn.next_index % len(members)]
                     turn.next_index += 1
                     session.add(turn)
                     reason = f"team {team.name}, round-robin"
-                    accept_by = routing.accept_by(team, now) if request.sales_ready else None
-                else:
-                    owner, accept_by = team.manager, None
+                    if request.sales_ready:
+                        accept_by = routing.accept_by(team, now)
+                elif team.manager is not None:
+                    owner = team.manager
                     reason = f"team {team.name}: every member missed the SLA, to its manager"
+                else:  # nobody left to pass it to: the last owner keeps it, with no SLA
+                    owner = request.exclude[-1]
+                    reason = f"team {team.name}: every member missed the SLA and it has no manager"
                 if request.exclude:
                     reason += f" (after {', '.join(request.exclude)} missed the SLA)"
+                reason = reason[:300]
                 done = LeadAssignmentRecord(deal_id=request.deal_id, assignment=request.assignment,
                                             owner=owner, team=team.name, reason=reason,
                                             assigned_at=now, accept_by=accept_by)  # fmt: skip
@@ -169,11 +174,16 @@ class LeadActivities:
                 team = next((t for t in routing.teams if t.name == start.team), None)
                 if team is None or row.owner == team.manager:
                     return _assignment(row)  # a team since removed, or its manager: no SLA
-                row.accept_by = routing.accept_by(team, datetime.now(UTC))
+                row.accept_by = routing.accept_by(team, start.at)
                 session.add(row)
                 session.commit()
                 session.refresh(row)
             return _assignment(row)
+
+    @activity.defn
+    def release_account(self, deal_id: str) -> None:
+        """The deal is signed (or over): a later lead of its account starts a new deal."""
+        release_account(self._engine, deal_id)
 
     @activity.defn
     def send_nurture_touch(self, touch: NurtureTouch) -> bool:

@@ -7,6 +7,7 @@ person or company joins that deal instead of starting a second one, and the deci
 is recorded in both deals' events.
 """
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -33,6 +34,14 @@ def normalize_email(email: str) -> str:
     return f"{local}@{domain}"
 
 
+def _person_account(person: str) -> str:
+    """The account of a free-mail address: the person, hashed when the key would not fit."""
+    key = f"person:{person}"
+    return (
+        key if len(key) <= 254 else f"person:sha256:{hashlib.sha256(person.encode()).hexdigest()}"
+    )
+
+
 def company_domain(email: str, free_mail_domains: frozenset[str]) -> str | None:
     """The company's web domain from a contact's address; None for a free-mail address."""
     domain = normalize_email(email).rpartition("@")[2].removeprefix("www.")
@@ -54,7 +63,7 @@ def resolve_identity(
     """
     person = normalize_email(lead.contact_email)
     domain = company_domain(lead.contact_email, free_mail_domains)
-    account = domain or f"person:{person}"
+    account = domain or _person_account(person)
     now = datetime.now(UTC)
     with Session(engine) as session:
         known = session.get(ContactIdentity, person, with_for_update=True)

@@ -95,13 +95,26 @@ class RoutingRequest(BaseModel):
     employees: int | None  # the lead's, or the enrichment's when the lead gave none
     assignment: int  # 1 for the first owner, +1 for each reassignment
     exclude: list[str] = []  # owners who missed the SLA on this lead
-    sales_ready: bool  # the SLA runs from now; else from when the lead qualifies (start_lead_sla)
+    sales_ready: bool  # the SLA runs from `at`; else from when the lead qualifies (start_lead_sla)
+    at: datetime  # the deal's time of the assignment: SLAs count from it, not a worker's clock
+
+
+class AttachAnswer(BaseModel):
+    """A deal's answer to a lead that asked to join it (attach_lead): joined, or refused with why
+    (it has been signed or is closing), and the lead then starts a deal of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deal_id: str  # the deal answering
+    joined: bool
+    reason: str = ""
 
 
 class SlaStart(BaseModel):
     deal_id: str
     assignment: int
     team: str
+    at: datetime  # the deal's time the lead qualified
 
 
 class LeadAssignment(BaseModel):

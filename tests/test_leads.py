@@ -21,6 +21,7 @@ from tests.helpers import (
     final_state,
     make_lead,
     own_worker,
+    quote_to_signature,
     refused_after,
     signal,
     start,
@@ -107,6 +108,13 @@ async def test_duplicate_leads_join_the_open_deal_of_their_account(
     bob = next(e for e in state.events if e.kind == "lead_attached" and "Bob" in e.detail)
     assert "Bob Builder <bob@acme.example>" in bob.detail
     assert "same company domain acme.example" in bob.detail
+    # Signed, the deal is no longer an open opportunity: the company's next lead is a new deal.
+    await quote_to_signature(first)
+    await wait_for_stage(first, Stage.ACTIVE)
+    expansion = await start(ts_env.client, deal_worker.task_queue, contact_email="cy@acme.example")
+    state = await wait_until(expansion, lambda s: s.routing is not None)
+    assert state.merged_into is None and state.identity is not None
+    assert state.identity.matched == "company" and state.identity.earlier_deals[0] == first.id
     # A free-mail lead is nobody's colleague: a deal of its own.
     other = await start(ts_env.client, deal_worker.task_queue, contact_email="ada@gmail.com")
     state = await wait_until(other, lambda s: s.routing is not None)

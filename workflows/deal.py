@@ -77,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
         WriteOffRequest,
     )
     from models.leads import (
+        AttachAnswer,
         AttachedLead,
         Enrichment,
         EnrichmentRequest,
@@ -186,9 +187,11 @@ LEAD_FRONT = "lead-front"
 ENRICHMENT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3,
                                non_retryable_error_types=["EnrichmentRefused"])  # fmt: skip
 
-# A lead joins another deal only if that deal can be told; a deal that cannot (it has just
-# ended) loses its claim on the account, and the lead tries again this many times at most.
+# A lead joins another deal only if that deal takes it; a deal that cannot (it was signed or has
+# ended meanwhile) loses its claim on the account, and the lead tries again this many times at
+# most, then starts its own deal.
 ATTACH_ATTEMPTS = 3
+ATTACH_ANSWER_WAIT = timedelta(minutes=10)
 
 # Credit note references the deal itself uses; refused from people.
 EARLY_PAYMENT_PREFIX = "early-payment:"
@@ -272,6 +275,8 @@ class DealWorkflow:
         self._lead_front = False  # see capture_lead
         self._lead_sla: asyncio.Task[None] | None = None  # reassigns a lead nobody accepted
         self._lead_sla_sleeping = False  # its timer is running
+        self._reassigning = False  # a lead whose SLA passed is being passed to the next rep
+        self._attach_answer: AttachAnswer | None = None  # from the deal this lead asked to join
         self._closing = False
 
     # ------------------------------------------------------------------ the process
@@ -332,14 +337,27 @@ class DealWorkflow:
                 return
             attached = AttachedLead(lead=self.deal.lead, deal_id=self.deal_id,
                                     matched=identity.matched, detail=identity.detail)  # fmt: skip
+            self._attach_answer = None
             try:
                 await workflow.get_external_workflow_handle(identity.attach_to).signal(
                     "attach_lead", attached
                 )
-            except Exception as err:  # it ended without releasing the account: take it over
+                # It answers (lead_attach_answer): a deal signed or closing meanwhile refuses.
+                await workflow.wait_condition(lambda: self._attach_answer is not None,
+                                              timeout=ATTACH_ANSWER_WAIT,
+                                              timeout_summary="the open deal's answer")  # fmt: skip
+            except Exception as err:  # it ended, or never answered: its claim is stale
+                why = "no answer" if isinstance(err, TimeoutError) else str(err)
                 self._record("identity_resolved", "identity",
-                             f"{identity.attach_to} could not take the lead ({err}); "
+                             f"{identity.attach_to} could not take the lead ({why}); "
                              "its claim on the account is released")  # fmt: skip
+                stale = identity.attach_to
+                continue
+            answer = self._attach_answer
+            assert answer is not None
+            if not answer.joined:
+                self._record("identity_resolved", identity.attach_to, f"{identity.attach_to} "
+                             f"refused the lead ({answer.reason}); it starts its own deal")  # fmt: skip
                 stale = identity.attach_to
                 continue
             self.deal.merged_into = identity.attach_to
@@ -424,10 +442,15 @@ class DealWorkflow:
         request = RoutingRequest(deal_id=self.deal_id, lead_id=self.deal.lead.lead_id,
                                  country=self.deal.lead.country, employees=employees,
                                  assignment=len(routing.assignments) + 1, exclude=exclude or [],
-                                 sales_ready=sales_ready)  # fmt: skip
+                                 sales_ready=sales_ready, at=workflow.now())  # fmt: skip
         assignment: LeadAssignment = await self._call(
             LeadActivities.route_lead, request, "route lead"
         )
+        if exclude and routing.accepted_by is not None:
+            # A quote came in while the lead was being passed on: whoever sent it has it.
+            self._record("lead_kept", routing.accepted_by, f"accepted before it passed to "
+                         f"{assignment.owner}; {self.deal.owner} keeps it")  # fmt: skip
+            return
         routing.assignments.append(assignment)
         self._set_owner(assignment, "lead_reassigned" if exclude else "lead_routed")
 
@@ -443,9 +466,9 @@ class DealWorkflow:
         policy = self.policy
         if self.deal.score < policy.qualify_at:
             self._set_stage(Stage.NURTURING)
-            if self._lead_front:
+            if self._lead_front and self.policy.nurture_touches:
                 await self.nurture()
-            else:
+            else:  # deals from before the cadence, or a policy from a worker without it
                 await self._nurture_every_cadence_days()
         if self._lead_front:
             await self._start_lead_sla()  # before the stage shows: no step follows it
@@ -533,7 +556,8 @@ class DealWorkflow:
         routing.sales_ready_at = workflow.now()
         current = routing.assignments[-1]
         if routing.accepted_by is None and current.accept_by is None:
-            start = SlaStart(deal_id=self.deal_id, assignment=current.assignment, team=current.team)
+            start = SlaStart(deal_id=self.deal_id, assignment=current.assignment,
+                             team=current.team, at=workflow.now())  # fmt: skip
             started: LeadAssignment = await self._call(
                 LeadActivities.start_lead_sla, start, "start lead SLA"
             )
@@ -566,8 +590,12 @@ class DealWorkflow:
             routing.sla_misses += 1
             self._record("lead_sla_missed", current.owner,
                          f"not accepted by {current.accept_by.isoformat(timespec='minutes')}")  # fmt: skip
-            missed = [a.owner for a in routing.assignments if a.missed]
-            await self.assign_owner(sales_ready=True, exclude=missed)
+            missed = list(dict.fromkeys(a.owner for a in routing.assignments if a.missed))
+            self._reassigning = True
+            try:
+                await self.assign_owner(sales_ready=True, exclude=missed)
+            finally:
+                self._reassigning = False
 
     async def agree_quote_and_contract(self) -> Quote:
         """Quote, approvals and signature, back to `qualified` whenever one of them says no, the
@@ -948,6 +976,10 @@ class DealWorkflow:
 
     async def fulfil_order(self, quote: Quote) -> None:
         self._set_stage(Stage.FULFILLING)
+        if self._lead_front:
+            # Signed, the deal is no longer an open opportunity: the account's next lead (an
+            # expansion, another department) starts a deal of its own.
+            await self._call(LeadActivities.release_account, self.deal_id, "release the account")
         order = await self._call(
             FulfilmentActivities.provision_order,
             OrderRequest(deal_id=self.deal_id, quote=quote, requested_at=workflow.now()),
@@ -1118,6 +1150,7 @@ class DealWorkflow:
         state.contract = None
         state.pending_approval = None
         state.invoices, state.events, state.disputes = [], [], []
+        state.attached_leads = []
         child_id = f"{self.deal_id}-renewal-{renewal.term + 1}"
         try:
             await workflow.start_child_workflow(
@@ -2847,6 +2880,10 @@ class DealWorkflow:
         if routing.accepted_by is not None:
             self._refuse("accept_lead", acceptance.by, f"already accepted by {routing.accepted_by}")
             return None
+        if self._reassigning:
+            self._refuse("accept_lead", acceptance.by, f"the SLA of {self.deal.owner} passed and "
+                         "the lead is being passed to the next rep; the new owner accepts it")  # fmt: skip
+            return None
         if acceptance.by != self.deal.owner:
             self._refuse("accept_lead", acceptance.by, f"the lead is routed to {self.deal.owner}; "
                                                        "only its owner accepts it")  # fmt: skip
@@ -2869,21 +2906,43 @@ class DealWorkflow:
 
     @workflow.signal(
         description="Sent by a new lead's deal (not by people): a lead of the same person or "
-        "company joins this open deal rather than starting another."
+        "company joins this deal while it is an open opportunity (before signature); the deal "
+        "answers with lead_attach_answer."
     )
-    def attach_lead(self, payload: RawValue = NO_PAYLOAD) -> None:
-        stages = tuple(stage for stage in Stage if not stage.is_terminal)
-        attached = self._accept("attach_lead", payload, AttachedLead, stages)
+    async def attach_lead(self, payload: RawValue = NO_PAYLOAD) -> None:
+        attached = self._accept("attach_lead", payload, AttachedLead, tuple(Stage))
         if attached is None:
             return
-        if any(a.deal_id == attached.deal_id for a in self.deal.attached_leads):
-            self._refuse("attach_lead", attached.deal_id, "this lead has already joined the deal")
+        reason = ""
+        if self.deal.stage not in BEFORE_SIGNATURE or self._closing or self._signature:
+            reason = f"the deal is {self.deal.stage.value}: no longer an open opportunity"
+        elif any(a.deal_id == attached.deal_id for a in self.deal.attached_leads):
+            reason = "this lead has already joined the deal"
+        if reason:
+            self._refuse("attach_lead", attached.deal_id, reason)
+        else:
+            self.deal.attached_leads.append(attached)
+            lead = attached.lead
+            self._record("lead_attached", attached.deal_id,
+                         f"{lead.contact_name} <{lead.contact_email}> of {lead.company} "
+                         f"(lead {lead.lead_id}, {lead.source}) joined: {attached.detail}")  # fmt: skip
+        answer = AttachAnswer(deal_id=self.deal_id, joined=not reason, reason=reason)
+        with contextlib.suppress(Exception):  # the asking deal has gone: nothing to tell
+            await workflow.get_external_workflow_handle(attached.deal_id).signal(
+                "lead_attach_answer", answer
+            )
+
+    @workflow.signal(
+        description="Sent by a deal this lead asked to join (attach_lead), not by people."
+    )
+    def lead_attach_answer(self, payload: RawValue = NO_PAYLOAD) -> None:
+        answer = self._accept("lead_attach_answer", payload, AttachAnswer, (Stage.NEW,))
+        identity = self.deal.identity if answer is not None else None
+        if answer is None or identity is None or identity.attach_to != answer.deal_id:
+            if answer is not None:
+                self._refuse("lead_attach_answer", answer.deal_id, "this deal did not ask it")
             return
-        self.deal.attached_leads.append(attached)
-        lead = attached.lead
-        self._record("lead_attached", attached.deal_id,
-                     f"{lead.contact_name} <{lead.contact_email}> of {lead.company} "
-                     f"(lead {lead.lead_id}, {lead.source}) joined: {attached.detail}")  # fmt: skip
+        self._attach_answer = answer
 
     @workflow.signal(
         description="Notice that the contract is not to renew: it ends with the term under way "
