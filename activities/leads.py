@@ -134,8 +134,13 @@ class LeadActivities:
                 if not request.exclude or members:
                     turn = session.get(RoutingCursor, team.name, with_for_update=True)
                     turn = turn or RoutingCursor(team=team.name, next_index=0)
-                    owner = members[turn.next_index % len(members)]
-                    turn.next_index += 1
+                    # The team's turn, skipping whoever missed this lead's SLA: the order stays
+                    # the team's for the leads after it.
+                    ring = team.members
+                    skip = next(k for k in range(len(ring))
+                                if ring[(turn.next_index + k) % len(ring)] in members)  # fmt: skip
+                    owner = ring[(turn.next_index + skip) % len(ring)]
+                    turn.next_index += skip + 1
                     session.add(turn)
                     reason = f"team {team.name}, round-robin"
                     if request.sales_ready:

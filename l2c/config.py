@@ -336,8 +336,8 @@ class Team(_Strict):
 
     name: str = Field(min_length=1, max_length=80)
     members: list[str] = Field(min_length=1)
-    # Takes a lead every member let pass its SLA, with no SLA of its own. None: the round-robin
-    # goes on through the members again.
+    # Takes a lead every member let pass its SLA, with no SLA of its own. None: the last member
+    # to miss it keeps it, with no SLA.
     manager: str | None = None
     countries: list[str] = Field(default_factory=list)  # empty: any country
     min_employees: int = Field(default=0, ge=0)

@@ -191,7 +191,9 @@ ENRICHMENT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_at
 # ended meanwhile) loses its claim on the account, and the lead tries again this many times at
 # most, then starts its own deal.
 ATTACH_ATTEMPTS = 3
-ATTACH_ANSWER_WAIT = timedelta(minutes=10)
+# A delivered attach_lead is always answered, once that deal's worker runs: the wait covers a
+# long outage; past it the lead starts its own deal (and the other deal's claim passes to it).
+ATTACH_ANSWER_WAIT = timedelta(days=1)
 
 # Credit note references the deal itself uses; refused from people.
 EARLY_PAYMENT_PREFIX = "early-payment:"
@@ -364,6 +366,15 @@ class DealWorkflow:
             raise DealEnded(
                 Stage.MERGED, f"joined open deal {identity.attach_to}: {identity.detail}"
             )
+        # Every deal it tried refused or was gone: the lead starts its own deal, claiming the
+        # account from the last of them.
+        request = IdentityRequest(deal_id=self.deal_id, lead=self.deal.lead, stale_claim=stale)
+        identity = await self._call(LeadActivities.resolve_identity, request, "resolve identity")
+        if identity.attach_to is not None:
+            identity = identity.model_copy(update={"attach_to": None, "detail": (
+                f"{identity.detail}; after {ATTACH_ATTEMPTS} tries this lead starts its own deal")})  # fmt: skip
+        self.deal.identity = identity
+        self._record("identity_resolved", "identity", identity.detail)
 
     async def enrich_lead(self) -> None:
         """Firmographics of the company (not for a free-mail address); a service that fails
@@ -448,8 +459,8 @@ class DealWorkflow:
         )
         if exclude and routing.accepted_by is not None:
             # A quote came in while the lead was being passed on: whoever sent it has it.
-            self._record("lead_kept", routing.accepted_by, f"accepted before it passed to "
-                         f"{assignment.owner}; {self.deal.owner} keeps it")  # fmt: skip
+            self._record("lead_kept", routing.accepted_by, f"accepted by {routing.accepted_by} "
+                         f"before it passed to {assignment.owner}")  # fmt: skip
             return
         routing.assignments.append(assignment)
         self._set_owner(assignment, "lead_reassigned" if exclude else "lead_routed")
@@ -1861,9 +1872,9 @@ class DealWorkflow:
         self._billing_step_running = False
 
     async def close(self, stage: Stage, reason: str) -> None:
+        self._closing = True  # from here on, no lead joins the deal
         # Let payment handlers finish their ledger postings before the deal closes.
         await workflow.wait_condition(workflow.all_handlers_finished)
-        self._closing = True
         if self._lead_sla is not None:
             if self._lead_sla_sleeping:
                 self._lead_sla.cancel()  # its timer: nobody is left to reassign the lead to
@@ -1884,6 +1895,8 @@ class DealWorkflow:
             ),
             "close deal in the ledger",
         )
+        # An answer to a lead refused meanwhile (attach_lead) is delivered before the deal ends.
+        await workflow.wait_condition(workflow.all_handlers_finished)
 
     # ------------------------------------------------------------------ signals
 
@@ -2914,11 +2927,10 @@ class DealWorkflow:
         if attached is None:
             return
         reason = ""
-        if self.deal.stage not in BEFORE_SIGNATURE or self._closing or self._signature:
+        if any(a.deal_id == attached.deal_id for a in self.deal.attached_leads):
+            pass  # asked again: it has joined, and hears so again
+        elif self.deal.stage not in BEFORE_SIGNATURE or self._closing or self._signature:
             reason = f"the deal is {self.deal.stage.value}: no longer an open opportunity"
-        elif any(a.deal_id == attached.deal_id for a in self.deal.attached_leads):
-            reason = "this lead has already joined the deal"
-        if reason:
             self._refuse("attach_lead", attached.deal_id, reason)
         else:
             self.deal.attached_leads.append(attached)
