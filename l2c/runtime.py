@@ -15,12 +15,12 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
+from l2c.codec import data_converter
 from l2c.config import BusinessRules, Settings
 from l2c.db import init_ledger, make_engine, verify_ledger
 from l2c.enrichment import EnrichmentClient
@@ -39,7 +39,7 @@ async def connect(settings: Settings) -> Client:
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(settings.codec_keyring),
         )
     except RuntimeError as err:  # the SDK reports an unreachable server as a RuntimeError
         raise ConnectionError(

@@ -34,7 +34,12 @@ def search_attribute_flags() -> list[str]:
 
 
 def server_command(
-    data_dir: Path, port: int, ui_port: int, headless: bool = False, wal: bool = True
+    data_dir: Path,
+    port: int,
+    ui_port: int,
+    headless: bool = False,
+    wal: bool = True,
+    codec_endpoint: str | None = None,
 ) -> list[str]:
     command = [
         temporal_binary(), "server", "start-dev",
@@ -53,16 +58,26 @@ def server_command(
         command += ["--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", "synchronous=NORMAL"]
     if headless:
         command.append("--headless")
+    if codec_endpoint:
+        # The Web UI has the codec server decrypt what it shows and encrypt the signals ops send.
+        command += ["--ui-codec-endpoint", codec_endpoint]
     return command
 
 
 def start_server(
-    data_dir: Path, port: int, ui_port: int, headless: bool = False, wal: bool = True
+    data_dir: Path,
+    port: int,
+    ui_port: int,
+    headless: bool = False,
+    wal: bool = True,
+    codec_endpoint: str | None = None,
 ) -> subprocess.Popen[bytes]:
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open(data_dir / "temporal-server.log", "ab")  # noqa: SIM115  (lives as long as the server)
     process = subprocess.Popen(
-        server_command(data_dir, port, ui_port, headless, wal), stdout=log, stderr=log
+        server_command(data_dir, port, ui_port, headless, wal, codec_endpoint),
+        stdout=log,
+        stderr=log,
     )
     wait_for_port("127.0.0.1", port, process, timeout=60)
     return process
