@@ -4,11 +4,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,18 +53,54 @@ def cmd_server(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- worker
 
 
-async def _run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    from l2c.runtime import build_worker, connect, open_ledger
+async def _run_worker(
+    settings: Settings,
+    stop: asyncio.Event,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+    shutdown_grace: float = 10,
+) -> bool:
+    """Run a worker until `stop`; False when it had to leave activities unfinished."""
+    from l2c.runtime import build_worker, connect, open_ledger, worker_runtime
 
+    log = logging.getLogger("l2c.worker")
     rules = load_business_rules(settings.config_dir)
     engine = open_ledger(settings)
-    client = await connect(settings)
-    worker = build_worker(client, engine, rules, settings)
-    print(
-        f"worker on task queue {settings.task_queue!r} at {settings.temporal_address}, ledger {engine.url!r}"
+    client = await connect(settings, worker_runtime(metrics_port, metrics_host))
+    grace = timedelta(seconds=shutdown_grace)
+    worker = build_worker(client, engine, rules, settings, graceful_shutdown=grace)
+    log.info(
+        "worker on task queue %r at %s, ledger %r%s",
+        settings.task_queue,
+        settings.temporal_address,
+        engine.url,
+        f", metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else "",
     )
-    async with worker:
-        await stop.wait()
+    running = asyncio.create_task(worker.run())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if running.done():  # a fatal worker error: raise it
+        stopping.cancel()
+        running.result()
+        return True
+    log.info(
+        "stopping: no new tasks; activities under way get up to %g s to finish", shutdown_grace
+    )
+    # The SDK cannot interrupt an activity running on a thread (ours do): past the grace, the
+    # worker leaves without it. Its database transaction dies uncommitted, and the server gives
+    # the attempt to another worker after its timeout; activities are idempotent, so nothing
+    # is done twice.
+    try:
+        await asyncio.wait_for(asyncio.shield(worker.shutdown()), shutdown_grace + 2)
+    except TimeoutError:
+        log.error(
+            "activities still running after %g s: leaving them to be retried by another worker",
+            shutdown_grace,
+        )
+        return False
+    await running
+    log.info("worker stopped")
+    return True
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -71,11 +109,25 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def cmd_worker(_args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace) -> int:
+    from l2c.logs import configure_logging
+
+    if args.log_format not in ("text", "json"):  # argparse checks a flag, not a default from env
+        return _fail(f"L2C_LOG_FORMAT must be text or json, not {args.log_format!r}")
+    if args.shutdown_grace < 0:
+        return _fail("--shutdown-grace must be 0 or more seconds")
+    configure_logging(args.log_format)
+
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await _run_worker(Settings.from_env(), stop)
+        settings = Settings.from_env()
+        grace = args.shutdown_grace
+        if not await _run_worker(settings, stop, args.metrics_port, args.metrics_host, grace):
+            # A thread still in an activity would hold up the interpreter's exit (and asyncio's
+            # clean-up would wait for it): leave now.
+            logging.shutdown()
+            os._exit(1)
 
     asyncio.run(main())
     return 0
@@ -568,6 +620,23 @@ def build_parser() -> argparse.ArgumentParser:
     server.set_defaults(func=cmd_server)
 
     worker = sub.add_parser("worker", help="run the worker on task queue lead-to-cash")
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)"
+    )
+    worker.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics bind to")
+    worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("L2C_LOG_FORMAT", "text"),
+        help="json: one object a line with the deal id (default $L2C_LOG_FORMAT or text)",
+    )
+    worker.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long activities under way may take to finish (30)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     start = sub.add_parser(

@@ -4,6 +4,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,6 +17,14 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -34,18 +43,34 @@ from models.state import DealState
 from workflows.deal import DealWorkflow
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     try:
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.namespace,
             data_converter=data_converter(settings.codec_keyring),
+            runtime=runtime,
         )
     except RuntimeError as err:  # the SDK reports an unreachable server as a RuntimeError
         raise ConnectionError(
             f"cannot reach Temporal at {settings.temporal_address} "
             f"(set TEMPORAL_ADDRESS, or start one with `l2c server`): {err}"
         ) from None
+
+
+def worker_runtime(metrics_port: int | None, metrics_host: str = "0.0.0.0") -> Runtime:
+    """The worker's Temporal runtime: the SDK core's own warnings go through Python logging (so
+    JSON logs stay JSON), and with a port, the SDK's metrics (task slots, poll and schedule
+    latencies, activity and workflow task outcomes) are served for Prometheus at
+    http://host:port/metrics."""
+    metrics = None
+    if metrics_port is not None:
+        metrics = PrometheusConfig(bind_address=f"{metrics_host}:{metrics_port}")
+    logs = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporal_sdk_core")),
+    )
+    return Runtime(telemetry=TelemetryConfig(logging=logs, metrics=metrics))
 
 
 def open_ledger(settings: Settings) -> Engine:
@@ -79,6 +104,7 @@ def build_worker(
     rules: BusinessRules,
     settings: Settings,
     task_queue: str | None = None,
+    graceful_shutdown: timedelta = timedelta(0),
 ) -> Worker:
     mailer = Mailer(engine, settings.smtp_host, settings.smtp_port, settings.mail_from)
     gateway = None
@@ -110,6 +136,9 @@ def build_worker(
         max_concurrent_activities=16,
         max_cached_workflows=settings.max_cached_workflows,
         interceptors=interceptors,
+        # On shutdown, activities under way get this long to finish before they are cancelled
+        # (and retried by another worker): a charge or an invoice is not cut off mid-call.
+        graceful_shutdown_timeout=graceful_shutdown,
     )
 
 
