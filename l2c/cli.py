@@ -324,7 +324,9 @@ def cmd_intake(args: argparse.Namespace) -> int:
         )
 
     def endpoint(client: "Client", settings: Settings) -> tuple["BackgroundServer", str]:
-        served = intake_endpoint(args.port, settings.intake_api_keys, client, settings.task_queue)
+        served = intake_endpoint(
+            args.port, settings.intake_api_keys, client, settings.task_queue, host=args.host
+        )
         openapi = f"http://127.0.0.1:{served.port}/openapi.json"
         return served, f"intake endpoint on {intake_url(served)} (OpenAPI: {openapi})"
 
@@ -694,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
         "intake", help="the HTTP intake upstream systems post leads to (needs L2C_INTAKE_API_KEYS)"
     )
     intake.add_argument("--port", type=int, default=INTAKE_PORT)
+    intake.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)"
+    )
     intake.set_defaults(func=cmd_intake)
 
     codec = sub.add_parser("codec", help="payload encryption keys (L2C_CODEC_KEYRING)")

@@ -354,12 +354,17 @@ def _unreachable(err: Exception) -> NoReturn:
 
 class IntakeServer(BackgroundServer):
     def __init__(
-        self, port: int, api_keys: Sequence[str], start_lead: StartLead, deal_status: DealStatus
+        self,
+        port: int,
+        api_keys: Sequence[str],
+        start_lead: StartLead,
+        deal_status: DealStatus,
+        host: str = "127.0.0.1",
     ) -> None:
         keys = [key for key in api_keys if key]
         if not keys:
             raise ValueError("the intake endpoint needs at least one API key")
-        super().__init__(port, _Handler)
+        super().__init__(port, _Handler, host)
         self.api_keys = [key.encode() for key in keys]
         self.start_lead = start_lead
         self.deal_status = deal_status
@@ -367,9 +372,14 @@ class IntakeServer(BackgroundServer):
 
 
 def intake_endpoint(
-    port: int, api_keys: Sequence[str], client: Client, task_queue: str, timeout: float = 30
+    port: int,
+    api_keys: Sequence[str],
+    client: Client,
+    task_queue: str,
+    timeout: float = 30,
+    host: str = "127.0.0.1",
 ) -> IntakeServer:
-    """The endpoint on 127.0.0.1:`port` (0: any free port), starting deals on `task_queue` through
+    """The endpoint on `host`:`port` (0: any free port), starting deals on `task_queue` through
     `client` on the caller's loop, each within `timeout` seconds (else 503); `start()` it, `stop()`
     it, post leads to `intake_url(endpoint)`."""
     loop = asyncio.get_running_loop()
@@ -397,7 +407,7 @@ def intake_endpoint(
     def deal_status(lead_id: str) -> dict[str, Any] | None:
         return run_on_loop(loop, describe(lead_id), timeout)
 
-    return IntakeServer(port, api_keys, start_lead, deal_status)
+    return IntakeServer(port, api_keys, start_lead, deal_status, host)
 
 
 def intake_url(endpoint: BackgroundServer) -> str:

@@ -16,6 +16,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
+from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import (
     LogForwardingConfig,
@@ -30,7 +31,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities import build_activities
 from l2c.codec import data_converter
-from l2c.config import BusinessRules, Settings
+from l2c.config import BusinessRules, ConfigError, Settings
 from l2c.db import init_ledger, make_engine, verify_ledger
 from l2c.enrichment import EnrichmentClient
 from l2c.faults import FaultInjector, FaultPlan
@@ -43,6 +44,18 @@ from models.state import DealState
 from workflows.deal import DealWorkflow
 
 
+def cloud_credentials() -> dict[str, Any]:
+    """TLS and an API key for Temporal Cloud or a secured cluster, from the Temporal SDK's own
+    environment variables: `TEMPORAL_API_KEY`, `TEMPORAL_TLS`, `TEMPORAL_TLS_CLIENT_CERT_PATH`
+    and `TEMPORAL_TLS_CLIENT_KEY_PATH` (mTLS), `TEMPORAL_TLS_SERVER_CA_CERT_PATH`. None set: a
+    plain connection, as to a local server."""
+    try:
+        config = ClientConfigProfile.load(disable_file=True).to_client_connect_config()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"Temporal TLS/API key settings (TEMPORAL_TLS_*): {err}") from None
+    return {key: config[key] for key in ("api_key", "tls") if key in config}
+
+
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     try:
         return await Client.connect(
@@ -50,6 +63,7 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
             namespace=settings.namespace,
             data_converter=data_converter(settings.codec_keyring),
             runtime=runtime,
+            **cloud_credentials(),
         )
     except RuntimeError as err:  # the SDK reports an unreachable server as a RuntimeError
         raise ConnectionError(

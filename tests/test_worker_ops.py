@@ -19,10 +19,11 @@ from temporalio.client import Client
 
 from l2c.cli import main
 from l2c.codec import data_converter
+from l2c.config import ConfigError
 from l2c.db import make_engine
 from l2c.drill import Drill, drill_config, free_port, start_process
 from l2c.logs import JsonLogFormatter, TextLogFormatter
-from l2c.runtime import start_deal
+from l2c.runtime import cloud_credentials, start_deal
 from models.deal import TASK_QUEUE
 from models.ledger import Lead
 from tests.helpers import Handle, make_lead
@@ -213,3 +214,27 @@ def test_worker_refuses_a_bad_log_format_or_grace(
     monkeypatch.delenv("L2C_LOG_FORMAT")
     assert main(["worker", "--shutdown-grace", "-1"]) == 2
     assert "--shutdown-grace must be 0 or more seconds" in capsys.readouterr().err
+
+
+def test_temporal_cloud_credentials_come_from_the_sdk_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("TEMPORAL_API_KEY", "TEMPORAL_TLS", "TEMPORAL_TLS_CLIENT_CERT_PATH",
+                 "TEMPORAL_TLS_CLIENT_KEY_PATH"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    assert cloud_credentials() == {}  # a local server: plain connection
+    monkeypatch.setenv("TEMPORAL_API_KEY", "cloud-key-123")
+    credentials = cloud_credentials()
+    assert credentials["api_key"] == "cloud-key-123"
+    assert credentials["tls"] is True  # an API key is only sent over TLS
+    monkeypatch.delenv("TEMPORAL_API_KEY")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_CERT_PATH", str(cert))
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_KEY_PATH", str(key))
+    tls = cloud_credentials()["tls"]
+    assert tls.client_cert == cert.read_bytes() and tls.client_private_key == key.read_bytes()
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_KEY_PATH", str(tmp_path / "missing.key"))
+    with pytest.raises(ConfigError, match=r"missing\.key"):
+        cloud_credentials()
