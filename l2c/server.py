@@ -9,7 +9,14 @@ from pathlib import Path
 
 from models.search import ALL_KEYS
 
-_SA_TYPE = {"KEYWORD": "Keyword", "DOUBLE": "Double", "TEXT": "Text", "INT": "Int"}
+_SA_TYPE = {
+    "KEYWORD": "Keyword",
+    "DOUBLE": "Double",
+    "TEXT": "Text",
+    "INT": "Int",
+    "KEYWORD_LIST": "KeywordList",
+    "DATETIME": "Datetime",
+}
 
 
 def temporal_binary() -> str:

@@ -160,6 +160,7 @@ class DealState(BaseModel):
     deal_id: str
     lead: LeadInput
     stage: Stage = Stage.NEW
+    stage_since: datetime | None = None  # when the deal entered `stage` (deals from before: None)
     score: int = 0
     score_breakdown: dict[str, int] = Field(default_factory=dict)  # sums to `score`
     owner: str | None = None

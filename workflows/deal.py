@@ -90,7 +90,14 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.money import ZERO
     from models.revenue import RevenueStream, modify_prospectively, obligation_schedules
-    from models.search import DEAL_AMOUNT, DEAL_OWNER, DEAL_STAGE
+    from models.search import (
+        DEAL_AMOUNT,
+        DEAL_APPROVERS,
+        DEAL_OLDEST_DUE,
+        DEAL_OWNER,
+        DEAL_STAGE,
+        DEAL_STAGE_SINCE,
+    )
     from models.signals import (
         AcceptLead,
         ApproveDiscount,
@@ -182,6 +189,12 @@ OBLIGATION_RECOGNITION = "recognition-by-obligation"
 # joins it), enrichment, the trained scoring model, routing to teams with an SLA to accept, and
 # the nurture cadence.
 LEAD_FRONT = "lead-front"
+
+# Version marker: the search attributes behind the ops console's saved list queries (who may
+# approve, since when in the stage, the oldest invoice's due moment; models/search.py).
+OPS_SEARCH = "ops-search-attributes"
+# DealOldestDue of a deal with invoices, none of them open: past any "overdue" query's moment.
+NOTHING_DUE = datetime(9999, 12, 31, tzinfo=UTC)
 
 # Enrichment is worth a few tries, not a stalled deal: then the deal goes on without it.
 ENRICHMENT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3,
@@ -280,6 +293,8 @@ class DealWorkflow:
         self._reassigning = False  # a lead whose SLA passed is being passed to the next rep
         self._attach_answer: AttachAnswer | None = None  # from the deal this lead asked to join
         self._closing = False
+        self._ops_search = False  # see OPS_SEARCH
+        self._searchable: dict[str, object] = {}  # the ops search attributes as last upserted
 
     # ------------------------------------------------------------------ the process
 
@@ -288,6 +303,9 @@ class DealWorkflow:
         if self._lead_error is not None:
             # A workflow started with a bad lead fails at once and is never retried.
             raise ApplicationError(self._lead_error, type="InvalidLead", non_retryable=True)
+        self._ops_search = workflow.patched(OPS_SEARCH)
+        if self._resume is not None:
+            self._refresh_search()  # a new run: its search attributes as the last run left them
         if self._resume is not None and self._resume.renewal_quote:
             return await self.quote_renewal()
         try:
@@ -3210,6 +3228,7 @@ class DealWorkflow:
     def _set_stage(self, stage: Stage) -> None:
         if stage != self.deal.stage or not self.deal.events:
             self.deal.stage = stage
+            self.deal.stage_since = workflow.now()
             workflow.upsert_search_attributes([DEAL_STAGE.value_set(stage.value)])
         self._refresh_details()
 
@@ -3278,6 +3297,10 @@ class DealWorkflow:
         lines = [
             f"**{state.lead.company}**: stage `{state.stage.value}`, owner {state.owner or '-'}, score {state.score}"
         ]
+        if state.quote is not None:
+            lines[0] += (
+                f", quote v{state.quote.version} net {state.quote.net_total} {state.quote.currency}"
+            )
         waiting = _WAITING_FOR.get(state.stage)
         if waiting:
             lines.append(f"Waiting for: {waiting}")
@@ -3311,6 +3334,47 @@ class DealWorkflow:
             last = state.events[-1]
             lines.append(f"Last: {last.kind} by {last.actor}: {last.detail}")
         workflow.set_current_details("\n\n".join(lines))
+        self._refresh_search()
+
+    def _refresh_search(self) -> None:
+        """Keep the ops search attributes in step with the deal; only changes are upserted."""
+        if not self._ops_search:
+            return
+        state = self.deal
+        approvers: list[str] = []
+        pending = state.pending_approval
+        if state.stage == Stage.AWAITING_APPROVAL and pending is not None:
+            # Deals from before the approval matrix have no requirements: one approval.
+            eligible = [pending.eligible_approvers]
+            if pending.requirements:
+                eligible = [r.eligible_approvers for r in pending.requirements if not r.approved_by]
+            # One person gives one approval, never for their own quote.
+            gave = {r.approved_by for r in pending.requirements} | {pending.submitted_by}
+            approvers += [name for names in eligible for name in names if name not in gave]
+        if state.contract is not None and state.contract.redline_under_review is not None:
+            approvers += state.contract.redline_under_review.waiting_for()
+        oldest_due = None  # never invoiced: not set
+        if state.invoices:
+            open_dues = [
+                invoice.due_at or datetime.combine(invoice.due_date, time(0), UTC)
+                for invoice in state.invoices
+                if invoice.status == "open"
+            ]
+            oldest_due = min(open_dues, default=NOTHING_DUE)
+        # Values are replaced, never unset: the time-skipping test server keeps an unset value
+        # as a null the SDK cannot read back.
+        wanted: list[tuple[Any, object]] = [
+            (DEAL_APPROVERS, sorted(set(approvers))),
+            (DEAL_STAGE_SINCE, state.stage_since),
+            (DEAL_OLDEST_DUE, oldest_due),
+        ]
+        updates = []
+        for key, value in wanted:
+            if value is not None and self._searchable.get(key.name) != value:
+                self._searchable[key.name] = value
+                updates.append(key.value_set(value))
+        if updates:
+            workflow.upsert_search_attributes(updates)
 
 
 _WAITING_FOR = {

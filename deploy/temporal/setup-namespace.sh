@@ -45,4 +45,7 @@ search_attribute() {  # NAME TYPE
 retry search_attribute DealStage Keyword
 retry search_attribute DealOwner Keyword
 retry search_attribute DealAmount Double
+retry search_attribute DealApprovers KeywordList
+retry search_attribute DealStageSince Datetime
+retry search_attribute DealOldestDue Datetime
 echo "namespace $namespace is ready for deals"
