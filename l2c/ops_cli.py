@@ -292,6 +292,8 @@ async def query_state(handle: "WorkflowHandle[Any, Any]", timeout: float) -> Dea
         return no_answer
     except WorkflowQueryFailedError as err:
         return Outcome(REFUSED, handle.id, f"{handle.id}: the state query failed: {err.message}")
+    except (KeyError, ValueError) as err:  # a payload this client cannot decode or parse
+        return _undecodable(handle.id, err)
     except RPCError as err:
         if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
             return no_answer
@@ -301,6 +303,12 @@ async def query_state(handle: "WorkflowHandle[Any, Any]", timeout: float) -> Dea
         if err.status == RPCStatusCode.NOT_FOUND:
             return Outcome(INVALID, handle.id, f"no deal {handle.id} (unknown workflow id)")
         return Outcome(REFUSED, handle.id, f"{handle.id}: {err.message}")
+
+
+def _undecodable(workflow_id: str, err: Exception) -> Outcome:
+    return Outcome(REFUSED, workflow_id, f"{workflow_id}: cannot decode the deal's answer "
+                   f"({err}); if the workers encrypt payloads, set L2C_CODEC_KEYRING to their "
+                   "keyring")  # fmt: skip
 
 
 def refusal_reason(err: BaseException) -> str:
@@ -340,6 +348,8 @@ async def send_update(
         return Outcome(
             REFUSED, workflow_id, f"{workflow_id}: {name} refused: {refusal_reason(err)}"
         )
+    except (KeyError, ValueError) as err:  # a payload this client cannot decode
+        return _undecodable(workflow_id, err)
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         return Outcome(NO_ANSWER, workflow_id,
                        f"{workflow_id}: no answer to {name} within {timeout:g} s (is a worker "

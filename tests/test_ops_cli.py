@@ -20,8 +20,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.cli import main
+from l2c.codec import add_key, data_converter
 from l2c.config import BusinessRules, Settings
-from l2c.drill import free_port
+from l2c.drill import free_port, start_time_skipping_env
 from l2c.ops_cli import deal_workflow_id, deals_query, parse_age, payment_answer
 from l2c.runtime import build_worker
 from models.deal import WORKFLOW_TYPE, Stage
@@ -31,6 +32,7 @@ from tests.conftest import BIN
 from tests.helpers import (
     Handle,
     make_lead,
+    own_worker,
     quote_to_signature,
     refusals,
     sign,
@@ -56,11 +58,17 @@ Runner = Callable[..., Awaitable[Ran]]
 
 
 def cli_runner(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], client: Client
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    client: Client,
+    keyring: Path | None = None,
 ) -> Runner:
     monkeypatch.setenv("TEMPORAL_ADDRESS", client.service_client.config.target_host)
     monkeypatch.setenv("TEMPORAL_NAMESPACE", client.namespace)
-    monkeypatch.delenv("L2C_CODEC_KEYRING", raising=False)
+    if keyring is None:
+        monkeypatch.delenv("L2C_CODEC_KEYRING", raising=False)
+    else:
+        monkeypatch.setenv("L2C_CODEC_KEYRING", str(keyring))
 
     async def run(*argv: str) -> Ran:
         capsys.readouterr()
@@ -481,3 +489,42 @@ async def test_deals_lists_by_stage_owner_and_age(
     ran = await l2c("deal", qualified.id, "--timeout", "2")
     assert ran.code == 3, ran
     assert "no worker answered" in ran.err and "the deal is closed (terminated)" in ran.err
+
+
+# ---------------------------------------------------------------- payloads encrypted
+
+
+@pytest.mark.own_clock
+async def test_with_payload_encryption_the_cli_reads_and_acts_through_the_keyring(
+    sqlite_ledger: Engine,
+    rules: BusinessRules,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keyring = tmp_path / "codec-keyring.toml"
+    add_key(keyring)
+    settings = settings.model_copy(update={"codec_keyring": keyring})
+    async with (
+        await start_time_skipping_env(data_converter(keyring)) as env,
+        own_worker(env.client, sqlite_ledger, rules, settings),
+    ):
+        handle = await awaiting_approval(env.client, settings.task_queue)
+        l2c = cli_runner(monkeypatch, capsys, env.client, keyring)
+        # The refusal travels encrypted in the failure; the CLI decrypts it like any client.
+        ran = await l2c("approve", handle.id, "--as", "nora.na")
+        assert ran.code == 1, ran
+        assert "nobody may decide on their own quote" in ran.err
+        ran = await l2c("approve", handle.id, "--as", "mia.manager")
+        assert ran.code == 0, ran
+        state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+        assert state.contract is not None
+        ran = await l2c("deal", handle.id)
+        assert ran.code == 0, ran
+        assert "awaiting_signature" in ran.out and state.contract.document_sha256 in ran.out
+        # Without the keyring the state cannot be read: said so, not a traceback.
+        blind = cli_runner(monkeypatch, capsys, env.client)
+        ran = await blind("deal", handle.id)
+        assert ran.code == 1, ran
+        assert "cannot decode the deal's answer" in ran.err and "L2C_CODEC_KEYRING" in ran.err
