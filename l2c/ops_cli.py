@@ -298,8 +298,8 @@ async def query_state(handle: "WorkflowHandle[Any, Any]", timeout: float) -> Dea
         if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
             return no_answer
         if err.status == RPCStatusCode.FAILED_PRECONDITION:  # the server saw no worker polling
-            return Outcome(NO_ANSWER, handle.id, f"{handle.id}: the state query was not "
-                           f"answered: {err.message} (is `l2c worker` running?)")  # fmt: skip
+            return Outcome(NO_ANSWER, handle.id, f"{handle.id}: no worker answered the state "
+                           f"query ({err.message}); is `l2c worker` running?")  # fmt: skip
         if err.status == RPCStatusCode.NOT_FOUND:
             return Outcome(INVALID, handle.id, f"no deal {handle.id} (unknown workflow id)")
         return Outcome(REFUSED, handle.id, f"{handle.id}: {err.message}")

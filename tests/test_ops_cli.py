@@ -489,6 +489,17 @@ async def test_deals_lists_by_stage_owner_and_age(
     ran = await l2c("deal", qualified.id, "--timeout", "2")
     assert ran.code == 3, ran
     assert "no worker answered" in ran.err and "the deal is closed (terminated)" in ran.err
+    # A queue no worker ever polled: the server says so at once; so does the CLI.
+    lead = make_lead()
+    unserved = await dev_env.client.start_workflow(
+        WORKFLOW_TYPE, lead, id=f"deal-{lead.lead_id}", task_queue=f"nobody-{uuid.uuid4().hex[:6]}"
+    )
+    try:
+        ran = await l2c("deal", unserved.id, "--timeout", "5")
+        assert ran.code == 3, ran
+        assert "no worker answered the state query" in ran.err
+    finally:
+        await unserved.terminate("test finished")
 
 
 # ---------------------------------------------------------------- payloads encrypted
