@@ -772,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("file", help="a .jsonl file, or - for standard input")
     ingest.set_defaults(func=cmd_usage_ingest)
+    from l2c.ops_cli import add_ops_parsers  # deals, deal, approve, reject, accept, pay
+
+    add_ops_parsers(sub)
     return parser
 
 
