@@ -127,8 +127,13 @@ def deals_query(
     older_than: timedelta | None = None,
     status: str = "running",
     now: datetime | None = None,
+    approver: str | None = None,
+    in_stage_over: timedelta | None = None,
+    overdue: bool = False,
 ) -> str:
-    """The visibility query for `l2c deals`, from its filters."""
+    """The visibility query for `l2c deals`, from its filters (the ops console's saved queries:
+    docs/ops-console.md)."""
+    now = now or datetime.now(UTC)
     parts = [f"WorkflowType={quote_value(WORKFLOW_TYPE)}", STATUS_FILTERS[status]]
     if stages:
         unique = list(dict.fromkeys(valid_stage(stage) for stage in stages))
@@ -136,9 +141,18 @@ def deals_query(
     if owner is not None:
         parts.append(f"DealOwner={quote_value(owner)}")
     if older_than is not None:
-        before = (now or datetime.now(UTC)) - older_than
-        parts.append(f"StartTime < {quote_value(before.strftime('%Y-%m-%dT%H:%M:%SZ'))}")
+        parts.append(f"StartTime < {_moment(now - older_than)}")
+    if approver is not None:
+        parts.append(f"DealApprovers={quote_value(approver)}")
+    if in_stage_over is not None:
+        parts.append(f"DealStageSince < {_moment(now - in_stage_over)}")
+    if overdue:
+        parts.append(f"DealOldestDue < {_moment(now)}")
     return " AND ".join(parts)
+
+
+def _moment(at: datetime) -> str:
+    return quote_value(at.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def format_age(age: timedelta) -> str:
@@ -457,7 +471,15 @@ def validated(model: type[BaseModel], data: dict[str, Any]) -> BaseModel | str:
 
 def cmd_deals(args: argparse.Namespace) -> int:
     try:
-        query = deals_query(args.stage, args.owner, args.older_than, args.status)
+        query = deals_query(
+            args.stage,
+            args.owner,
+            args.older_than,
+            args.status,
+            approver=args.approver,
+            in_stage_over=args.in_stage_over,
+            overdue=args.overdue,
+        )
     except ValueError as err:
         return _fail(str(err))
     return _run(lambda client: list_deals(client, query, args.limit, args.json))
@@ -897,6 +919,11 @@ def add_ops_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     deals.add_argument("--owner", help="only deals of this owner (e.g. nora.na)")
     deals.add_argument("--older-than", type=parse_age, metavar="AGE",
                        help="only deals started more than AGE ago: 7d, 36h, 2w, 1d12h")  # fmt: skip
+    deals.add_argument("--approver", help="only deals waiting for this person's approval")
+    deals.add_argument("--in-stage-over", type=parse_age, metavar="AGE",
+                       help="only deals in their stage for more than AGE (stuck)")  # fmt: skip
+    deals.add_argument("--overdue", action="store_true",
+                       help="only deals with an open invoice past due")  # fmt: skip
     deals.add_argument("--status", choices=list(STATUS_FILTERS), default="running",
                        help="running deals (default), closed ones, or all")  # fmt: skip
     deals.add_argument(

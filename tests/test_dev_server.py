@@ -4,18 +4,15 @@ and `l2c audit replay` / `l2c audit report` as an auditor would run them."""
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.audit import decision_timeline
 from l2c.config import BusinessRules, Settings
-from l2c.drill import free_port
 from l2c.runtime import build_worker
 from models.deal import Stage
 from models.search import ALL_KEYS
@@ -23,18 +20,6 @@ from tests.conftest import BIN
 from tests.helpers import quote_to_signature, signal, start, wait_until
 
 pytestmark = pytest.mark.devserver
-
-
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(BIN / "temporal"),
-        search_attributes=ALL_KEYS,
-        port=free_port(),
-    )
-    async with env:
-        yield env
 
 
 async def test_deal_on_the_dev_server_replays_from_the_cli_export(

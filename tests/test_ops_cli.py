@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.cli import main
@@ -26,9 +25,7 @@ from l2c.drill import free_port, start_time_skipping_env
 from l2c.ops_cli import deal_workflow_id, deals_query, parse_age, payment_answer
 from l2c.runtime import build_worker
 from models.deal import WORKFLOW_TYPE, Stage
-from models.search import ALL_KEYS
 from models.signals import RecordPayment
-from tests.conftest import BIN
 from tests.helpers import (
     Handle,
     make_lead,
@@ -402,19 +399,6 @@ async def test_a_deal_no_worker_serves_says_so(ts_env: WorkflowEnvironment, l2c:
 
 
 # ---------------------------------------------------------------- l2c deals (visibility)
-
-
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The real dev server: the time-skipping server has no visibility (ListWorkflowExecutions)."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(BIN / "temporal"),
-        search_attributes=ALL_KEYS,
-        port=free_port(),
-        data_converter=pydantic_data_converter,
-    )
-    async with env:
-        yield env
 
 
 async def listed(l2c: Runner, *argv: str) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ approve, how long a deal has been in its stage, and whether an invoice is overdu
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,21 +10,18 @@ import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.common import TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from l2c.config import BusinessRules, Settings
-from l2c.drill import free_port
+from l2c.ops_cli import deals_query
 from l2c.runtime import build_worker
 from models.deal import Stage
 from models.search import (
-    ALL_KEYS,
     DEAL_APPROVERS,
     DEAL_OLDEST_DUE,
     DEAL_STAGE,
     DEAL_STAGE_SINCE,
 )
-from tests.conftest import BIN
 from tests.helpers import (
     Handle,
     accept_lead,
@@ -83,18 +79,6 @@ async def test_search_attributes_follow_approvers_stage_and_oldest_due_invoice(
     assert (await searchable(handle)).get(DEAL_OLDEST_DUE) == (min(due) if due else NOTHING_DUE)
 
 
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(BIN / "temporal"),
-        search_attributes=ALL_KEYS,
-        port=free_port(),
-    )
-    async with env:
-        yield env
-
-
 @pytest.mark.devserver
 async def test_saved_list_queries_find_the_deals_on_the_dev_server(
     dev_env: WorkflowEnvironment,
@@ -127,5 +111,11 @@ async def test_saved_list_queries_find_the_deals_on_the_dev_server(
         await listed(f'DealStageSince < "{later}"', {waiting.id, other.id})
         await listed('DealStageSince < "2020-01-01T00:00:00Z"', set())
         await listed(f'DealOldestDue < "{later}"', set())  # nothing invoiced yet
+        # The same queries as `l2c deals` builds them from its filters.
+        await listed(deals_query(approver="mia.manager"), {waiting.id})
+        soon = datetime.now(UTC) + timedelta(minutes=1)
+        await listed(deals_query(in_stage_over=timedelta(0), now=soon), {waiting.id, other.id})
+        await listed(deals_query(in_stage_over=timedelta(days=1)), set())
+        await listed(deals_query(overdue=True, now=soon), set())
         for handle in (waiting, other):
             await handle.terminate("test finished")
