@@ -302,15 +302,36 @@ async def run_histories(client: Client, workflow_id: str) -> list[list[HistoryEv
     return list(reversed(runs))
 
 
-async def decision_timeline(
-    client: Client, workflow_id: str
-) -> list[tuple[datetime, str, str, str]]:
+TimelineRow = tuple[datetime, str, str, str]
+
+
+@dataclass
+class Timeline:
+    rows: list[TimelineRow]  # (when, what, who, detail), in time order
+    # The deal's result, or, while it runs, its answer to the `state` query (None: no worker
+    # answered it).
+    state: DealState | None
+    deal_events: list[DealEvent]  # the deal's own record of its decisions, every run's, once each
+
+
+async def decision_timeline(client: Client, workflow_id: str) -> list[TimelineRow]:
     """(when, what, who, detail) for every human decision and every side effect of a deal."""
-    rows: list[tuple[datetime, str, str, str]] = []
+    return (await read_timeline(client, workflow_id)).rows
+
+
+async def read_timeline(
+    client: Client, workflow_id: str, runs: list[list[HistoryEvent]] | None = None
+) -> Timeline:
+    """The deal's decision timeline, with the state it ended in and its own event log; `runs`:
+    its runs' histories when already fetched (see `run_histories`)."""
+    if runs is None:
+        runs = await run_histories(client, workflow_id)
+    rows: list[TimelineRow] = []
     activity_names: dict[int, str] = {}
     final_state: DealState | None = None
     carried: list[DealEvent] = []  # the deal's own events, as each later run received them
-    for event in await history_of_all_runs(client, workflow_id):
+    deal_events: list[DealEvent] = []
+    for event in (event for run in runs for event in run):
         at = event.event_time.ToDatetime().replace(tzinfo=None)
         kind = event.event_type
         if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
@@ -388,6 +409,7 @@ async def decision_timeline(
             if key in seen:
                 continue
             seen.add(key)
+            deal_events.append(deal_event)
             rows.append(
                 (
                     deal_event.at.replace(tzinfo=None),
@@ -397,4 +419,5 @@ async def decision_timeline(
                 )
             )
     rows.sort(key=lambda row: row[0])
-    return rows
+    deal_events.sort(key=lambda deal_event: deal_event.at)
+    return Timeline(rows, final_state, deal_events)

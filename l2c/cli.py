@@ -374,6 +374,15 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
     from l2c.audit import decision_timeline
     from l2c.runtime import connect
 
+    if args.html is not None:
+        from l2c.audit_report import write_html_report
+
+        try:
+            return asyncio.run(write_html_report(Settings.from_env(), args.workflow_id,
+                                                 Path(args.html)))  # fmt: skip
+        except RPCError as err:
+            return _fail(f"{args.workflow_id}: {err.message}")
+
     async def main() -> list[tuple[object, str, str, str]]:
         client = await connect(Settings.from_env())
         return list(await decision_timeline(client, args.workflow_id))
@@ -639,6 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=cmd_audit_replay)
     report = audit_sub.add_parser("report", help="a deal's decision timeline")
     report.add_argument("workflow_id")
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the audit report as HTML instead: timeline, approvals and their authority, "
+        "contract hash, invoices, payments, and the reconciliation with the ledger (exit 1 if "
+        "they differ)",
+    )
     report.set_defaults(func=cmd_audit_report)
     ledger = audit_sub.add_parser(
         "ledger",
