@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from l2c.config import ConfigError, Settings, load_business_rules
 from l2c.db import LedgerSchemaOutdated
+from l2c.kpi_cli import add_kpi_parser
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -698,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("file", help="a .jsonl file, or - for standard input")
     ingest.set_defaults(func=cmd_usage_ingest)
+    add_kpi_parser(sub)
     return parser
 
 
