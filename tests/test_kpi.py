@@ -35,6 +35,7 @@ from l2c.kpi import (
 from l2c.kpi_report import render_html
 from l2c.ledger_check import check_ledger
 from l2c.mail import Mailer
+from l2c.usage import ingest_usage
 from models.cash import Allocation
 from models.deal import LeadInput
 from models.documents import (
@@ -43,16 +44,19 @@ from models.documents import (
     DealClosing,
     InvoiceLinePlan,
     InvoiceRequest,
+    LateFeeRequest,
     PaymentRecord,
     Quote,
     QuoteRequest,
     SignatureRecord,
+    UsageBilling,
     WriteOffRequest,
 )
 from models.leads import RoutingRequest
-from models.ledger import QuoteLineRecord, QuoteRecord
+from models.ledger import InvoiceRecord, QuoteLineRecord, QuoteRecord
+from models.money import ZERO
 from models.signals import SubmitQuote
-from tests.helpers import make_lead
+from tests.helpers import make_lead, usage_lines
 
 BIN = Path(sys.executable).parent
 MARCH = (date(2026, 3, 1), date(2026, 3, 31))
@@ -94,11 +98,12 @@ class Books:
         assert (assignment.accept_by is not None) == sales_ready
         return lead
 
-    def quote(self, lead: LeadInput, priced: datetime, lines: list[dict[str, Any]]) -> Quote:
+    def quote(self, lead: LeadInput, priced: datetime, lines: list[dict[str, Any]],
+              term_months: int = 3) -> Quote:  # fmt: skip
         frozen = type("Frozen", (datetime,), {"now": classmethod(lambda cls, tz=None: priced)})
         self.monkeypatch.setattr(activities.quotes, "datetime", frozen)
         submission = SubmitQuote.model_validate(
-            {"submitted_by": "nora.na", "lines": lines, "term_months": 3}
+            {"submitted_by": "nora.na", "lines": lines, "term_months": term_months}
         )
         request = QuoteRequest(deal_id=f"deal-{lead.lead_id}", version=1,
                                currency=lead.currency, submission=submission,
@@ -120,17 +125,27 @@ class Books:
                                  signed_at=signed))  # fmt: skip
 
     def invoice(self, lead: LeadInput, quote: Quote, period: int, issued: datetime,
-                **changes: Any) -> str:  # fmt: skip
+                billing_month: int | None = None, **changes: Any) -> str:  # fmt: skip
         plan = quote.billing_plan[period]
         if "lines" in changes:  # a billing mistake: not every contracted line billed
             plan = plan.model_copy(update={"lines": changes.pop("lines")})
         request = InvoiceRequest(deal_id=f"deal-{lead.lead_id}", lead=lead,
-                                 billing_month=plan.start_month, period=plan,
+                                 billing_month=plan.start_month if billing_month is None
+                                 else billing_month, period=plan,
                                  currency=lead.currency, issued_on=issued.date(),
                                  due_date=issued.date() + timedelta(days=30),
                                  service_from=issued.date(),
                                  service_to=issued.date() + timedelta(days=30), **changes)  # fmt: skip
         return str(self.run(self.billing.issue_invoice, request, when=issued).number)
+
+    def late_fee(self, lead: LeadInput, overdue: str, issued: datetime) -> str:
+        request = LateFeeRequest(deal_id=f"deal-{lead.lead_id}", lead=lead,
+                                 overdue_invoice=overdue, billing_month=0,
+                                 overdue=Decimal("500.00"), percent=Decimal("2"),
+                                 amount=Decimal("10.00"), currency=lead.currency,
+                                 issued_on=issued.date(),
+                                 due_date=issued.date() + timedelta(days=30))  # fmt: skip
+        return str(self.run(self.billing.issue_late_fee, request, when=issued).number)
 
     def pay(self, lead: LeadInput, number: str, amount: str, received: datetime) -> None:
         self.run(self.billing.apply_payment,
@@ -169,8 +184,9 @@ def build_march(books: Books) -> dict[str, Quote]:
     A: lead 3 Mar, quoted 3rd, sent 4th, signed 6th; March invoiced 500 and paid; April's too.
     B: lead 5th, quoted 6th, sent 6th 21:00, redlined (revision sent 8th), signed the 12th;
        invoiced 500, credited 100, paid 300.
-    C: lead 10th, quoted 11th, sent 12th, never signed.  D: lead 20th, not sales-ready.
-    E: lead 25th, merged into another deal.  F: February deal; its second period invoiced 20
+    C: lead 10th, quoted 11th, sent 12th, never signed.  D: lead 1 March 00:00, not
+    sales-ready.  E: lead 25th, merged into another deal.  H: lead 1 April 00:00.  I: lead
+    21st, sales-ready, not quoted.  F: February deal; its second period invoiced 20
        March with a 50 proration, then written off.  G (EUR): lead 3rd, quoted 4th with
        onboarding, sent 4th 12:00, signed 9th 12:00; invoiced without the onboarding (a billing
        mistake), 460 + 87.40 tax, half of it paid.
@@ -194,7 +210,11 @@ def build_march(books: Books) -> dict[str, Quote]:
     quotes["C"] = qc = books.quote(c, at(11), PLATFORM)
     books.send(c, qc, at(12))
 
-    books.lead("D", at(20), sales_ready=False)
+    books.lead(
+        "D", datetime(2026, 3, 1, tzinfo=UTC), sales_ready=False
+    )  # the window's first instant
+    books.lead("H", datetime(2026, 4, 1, tzinfo=UTC))  # the first instant after it
+    books.lead("I", at(21))  # sales-ready, not quoted yet: an opportunity
     books.close(books.lead("E", at(25)), "merged", at(25, 10))
 
     f = books.lead("F", at(10, month=2))
@@ -235,11 +255,12 @@ DAY = 86_400
 
 def test_conversions_and_funnel_count_the_march_cohort(march: Engine) -> None:
     report = compute_kpis(march, *MARCH)
-    # A, B, C, D and G (E merged into another deal, F captured in February).
-    assert report.funnel.model_dump() == {"leads": 5, "opportunities": 4, "quoted": 4, "won": 3}
+    # A, B, C, D, G and I (E merged into another deal, F and H captured outside March); all
+    # but D sales-ready or quoted.
+    assert report.funnel.model_dump() == {"leads": 6, "opportunities": 5, "quoted": 4, "won": 3}
     to_opportunity = kpi(report, "lead_to_opportunity")
-    assert (to_opportunity.numerator, to_opportunity.denominator) == (4, 5)
-    assert to_opportunity.value == Decimal("0.8000")
+    assert (to_opportunity.numerator, to_opportunity.denominator) == (5, 6)
+    assert to_opportunity.value == Decimal("0.8333")
     to_close = kpi(report, "quote_to_close")  # A, B, C, G first quoted in March; C unsigned
     assert (to_close.numerator, to_close.denominator, to_close.value) == (3, 4, Decimal("0.7500"))
 
@@ -312,7 +333,7 @@ def test_one_currency_keeps_only_its_deals_and_documents(march: Engine) -> None:
     assert kpi(report, "invoice_accuracy").denominator == 1
     usd_only = compute_kpis(march, *MARCH, currency="USD")
     assert usd_only.leakage[0].contracted == Decimal("1500.00")
-    assert usd_only.funnel.leads == 4
+    assert usd_only.funnel.leads == 5
 
 
 def test_no_data_is_none_with_no_samples_never_a_zero(ledger: Engine) -> None:
@@ -335,6 +356,57 @@ def test_a_window_with_nothing_in_it_has_no_data(march: Engine) -> None:
     assert [(row.currency, row.dso) for row in report.dso] == [(None, None)]
     with pytest.raises(WindowError, match="before it starts"):
         compute_kpis(march, date(2026, 3, 2), date(2026, 3, 1))
+
+
+def test_late_fees_and_renewed_terms_are_left_out_where_the_definitions_say(
+    ledger: Engine, rules: BusinessRules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    books = Books(ledger, rules, monkeypatch)
+    r = books.lead("R", at(1))
+    quote = books.quote(r, at(1, 10), PLATFORM, term_months=1)
+    books.sign(r, books.send(r, quote, at(1, 11)), at(1, 12))
+    first = books.invoice(r, quote, 0, at(2))
+    fee = books.late_fee(r, first, at(10))
+    books.credit(r, fee, "10.00", at(11))  # the fee waived: not a billing mistake
+    books.invoice(r, quote, 0, at(20), billing_month=1)  # the renewed term's first month
+    # A renewal quote's own workflow (no lead of its own) quoted in March: not a new deal.
+    books.quote(make_lead(lead_id="R-renewal-2"), at(21), PLATFORM, term_months=1)
+    report = compute_kpis(ledger, *MARCH)
+    to_close = kpi(report, "quote_to_close")
+    assert (to_close.numerator, to_close.denominator) == (1, 1)
+    accuracy = kpi(report, "invoice_accuracy")
+    assert (accuracy.numerator, accuracy.denominator) == (0, 2)
+    assert kpi(report, "dso", "USD").denominator == Decimal("1010.00")  # the fee is owed too
+    # The signed contract covers one month; the renewal's month is priced by no signed quote.
+    (usd,) = report.leakage
+    assert (usd.periods, usd.contracted, usd.billed) == (1, Decimal("500.00"), Decimal("500.00"))
+
+
+def test_metered_usage_is_owed_but_not_counted_against_the_contract(
+    ledger: Engine, rules: BusinessRules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    books = Books(ledger, rules, monkeypatch)
+    u = books.lead("U", at(1, month=2), country="GB", currency="GBP")  # untaxed in these books
+    lines = [*PLATFORM, {"sku": "API_CALLS", "quantity": 100}]  # 100,000 calls a month committed
+    quote = books.quote(u, at(1, 10, month=2), lines)
+    books.sign(u, books.send(u, quote, at(1, 11, month=2)), at(1, 12, month=2))
+    activated = datetime(2026, 2, 2, tzinfo=UTC)
+    books.invoice(u, quote, 0, activated)
+    events = usage_lines("deal-U", ("e-1", at(10, month=2), 150_000))
+    assert ingest_usage(ledger, events, rules.catalog).accepted == 1
+    usage = UsageBilling(activated_at=activated, month_seconds=0, through_month=1,
+                         lines=[line for line in quote.lines if line.kind == "usage"],
+                         discount_percent=quote.discount_percent)  # fmt: skip
+    number = books.invoice(u, quote, 1, datetime(2026, 3, 2, tzinfo=UTC), usage=usage)
+    with Session(ledger) as session:
+        invoice = session.get(InvoiceRecord, number)
+        assert invoice is not None
+    planned = quote.billing_plan[1].amount
+    assert invoice.amount > planned  # February's overage, billed in arrears
+    report = compute_kpis(ledger, *MARCH)
+    (gbp,) = report.leakage
+    assert (gbp.contracted, gbp.billed, gbp.unbilled) == (planned, planned, ZERO)
+    assert kpi(report, "dso", "GBP").denominator == invoice.amount  # all of it is owed
 
 
 def test_contracted_per_period_is_the_plan_the_deal_bills(
@@ -360,6 +432,8 @@ def test_statistics() -> None:
     assert median([]) is None and percentile([], 90) is None
     assert percentile(range(1, 11), 90) == 9 and percentile(range(1, 12), 90) == 10
     assert percentile([7], 90) == 7
+    # Nearest rank: the smallest value with at least the percent at or below it, never rounded.
+    assert percentile(range(1, 7), 90) == 6 and percentile(range(1, 6), 50) == 3
 
 
 def test_the_report_escapes_text_and_loads_nothing(march: Engine) -> None:
@@ -405,10 +479,10 @@ def test_the_command_prints_a_table_json_and_an_html_report(
     row = next(line for line in lines if "Sales cycle length" in line)
     assert "6.12 d" in row and "median of 3; p90 7.00 d" in row
     row = next(line for line in lines if "Lead-to-opportunity" in line)
-    assert "80.0%" in row and "4 of 5" in row
+    assert "83.3%" in row and "5 of 6" in row
     row = next(line for line in lines if "DSO" in line and "EUR" in line)
     assert "15.5" in row
-    assert "Funnel: 5 leads -> 4 opportunities -> 4 quoted -> 3 won" in table.stdout
+    assert "Funnel: 6 leads -> 5 opportunities -> 4 quoted -> 3 won" in table.stdout
     assert any("Lead response time" in line and "not recorded" in line for line in lines)
 
     as_json = l2c(march_sqlite, *window, "--json")
