@@ -790,7 +790,7 @@ def format_basis(kpi: Kpi) -> str:
     if kpi.key in ("lead_to_opportunity", "quote_to_close"):
         return f"{kpi.numerator} of {kpi.denominator}"
     if kpi.key == "invoice_accuracy":
-        return f"{kpi.numerator} credit notes / {kpi.denominator} invoices"
+        return f"credit notes {kpi.numerator} / invoices {kpi.denominator}"
     if kpi.key == "dso":
         return f"AR {kpi.numerator} / billed {kpi.denominator}"
     if kpi.key == "revenue_leakage":

@@ -345,6 +345,10 @@ def test_no_data_is_none_with_no_samples_never_a_zero(ledger: Engine) -> None:
         assert item.status == ("not recorded" if item.key in ("lead_response",
                                                               "approval_cycle") else "no data")  # fmt: skip
     assert {k.key for k in report.kpis} >= {"dso", "revenue_leakage", "sales_cycle"}
+    html = render_html(report)  # the report says so too, chart by chart
+    for message in ["no leads captured in the window", "no cycle times in the window",
+                    "DSO: nothing billed", "No data: no billing period"]:  # fmt: skip
+        assert message in html, message
 
 
 def test_a_window_with_nothing_in_it_has_no_data(march: Engine) -> None:
