@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from l2c.config import ConfigError, Settings, load_business_rules
 from l2c.db import LedgerSchemaOutdated
+from l2c.kpi_cli import add_kpi_parser
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -822,6 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     from l2c.ops_cli import add_ops_parsers  # deals, deal, approve, reject, accept, pay
 
     add_ops_parsers(sub)
+    add_kpi_parser(sub)
     return parser
 
 
