@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -20,6 +21,7 @@ from models.documents import (
     ContractDocument,
     ContractRequest,
     EscalationRequest,
+    Milestone,
     Quote,
     QuotePricing,
     QuoteRequest,
@@ -27,11 +29,25 @@ from models.documents import (
     SignatureRecord,
     SignedContractCheck,
 )
-from models.ledger import ContractRecord, QuoteLineRecord, QuoteRecord
+from models.ledger import ContractRecord, DealMilestoneRecord, QuoteLineRecord, QuoteRecord
 
 
 def quote_id_for(deal_id: str, version: int) -> str:
     return f"{deal_id}-Q{version}"
+
+
+def record_milestones(engine: Engine, deal_id: str, milestones: list[Milestone]) -> None:
+    """Keep each milestone once: one already stored (by an earlier attempt or request) stays."""
+    if not milestones:
+        return
+    with Session(engine) as session:
+        for milestone in milestones:
+            if session.get(DealMilestoneRecord, (deal_id, milestone.kind, milestone.key)) is None:
+                session.add(DealMilestoneRecord(deal_id=deal_id, **milestone.model_dump()))
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent attempt stored them first: theirs stand
+            session.rollback()
 
 
 class QuoteActivities:
@@ -45,6 +61,7 @@ class QuoteActivities:
     def price_quote(self, request: QuoteRequest) -> QuotePricing:
         """Price a submitted quote on the deal's price book and store it; a refusal is returned,
         not raised, and stores nothing."""
+        record_milestones(self._engine, request.deal_id, request.milestones)
         version = request.price_book_version
         with Session(self._engine) as session:
             stored = session.get(QuoteRecord, quote_id_for(request.deal_id, request.version))
@@ -189,6 +206,7 @@ class QuoteActivities:
             clauses=[] if terms is None else render_clauses(self._rules.clauses, terms),
         )
         digest = sha256_hex(html)
+        record_milestones(self._engine, request.deal_id, request.milestones)
         with Session(self._engine) as session:
             existing = session.get(ContractRecord, contract_id)
             if existing is None:

@@ -1,9 +1,9 @@
 """Lead-to-cash KPIs from the ledger (`l2c kpi`): conversions, cycle times, invoice accuracy, DSO
 and revenue leakage, for a window of days (UTC, both ends included).
 
-The ledger is the only source: what it does not record is reported as not recorded, with what
-would have to be recorded, never estimated. A KPI without data in the window has no value (None,
-0 samples), never a 0. Money is Decimal and per currency: amounts in different currencies are
+The ledger is the only source (moments only a deal's workflow sees, such as a lead's acceptance
+or an approval, are kept there as `deal_milestones`). A KPI without data in the window has no
+value (None, 0 samples), never a 0. Money is Decimal and per currency: amounts in different currencies are
 never added. Definitions and formulas: docs/kpi.md (and each KPI's `definition`).
 """
 
@@ -27,6 +27,7 @@ from models.documents import PricedLine
 from models.ledger import (
     ContractRecord,
     CreditNoteRecord,
+    DealMilestoneRecord,
     InvoiceRecord,
     JournalEntry,
     JournalLine,
@@ -44,7 +45,13 @@ DAYS = Decimal("0.01")
 DSO_DAYS = Decimal("0.1")
 
 # Durations (seconds) behind the cycle-time KPIs, by KPI key: the charts draw them.
-DURATION_KPIS = ("sales_cycle", "quote_to_contract", "signature_cycle")
+DURATION_KPIS = (
+    "lead_response",
+    "sales_cycle",
+    "approval_cycle",
+    "quote_to_contract",
+    "signature_cycle",
+)
 
 
 class Kpi(BaseModel):
@@ -60,14 +67,10 @@ class Kpi(BaseModel):
     denominator: Decimal | int | None = None
     samples: int = 0
     definition: str
-    recorded: bool = True  # False: the ledger does not record what this KPI needs
-    missing: str = ""  # ... and what it would need to record
 
     @computed_field  # type: ignore[prop-decorator]
     @property
-    def status(self) -> Literal["ok", "no data", "not recorded"]:
-        if not self.recorded:
-            return "not recorded"
+    def status(self) -> Literal["ok", "no data"]:
         return "no data" if self.value is None else "ok"
 
 
@@ -142,15 +145,15 @@ class WindowError(ValueError):
 
 DEFINITIONS = {
     "lead_response": "Median and p90 time from a lead becoming sales-ready to its owner "
-    "accepting it (accept_lead), for leads accepted in the window.",
+    "accepting it (accept_lead, or a quote), for leads accepted in the window and quoted since.",
     "lead_to_opportunity": "Leads captured in the window (merged duplicates excluded) whose deal "
     "became an opportunity: sales-ready (an owner given an SLA to accept it) or quoted.",
     "quote_to_close": "Deals of a lead whose first quote was priced in the window, and of them "
     "those whose contract is signed (deals still open count as not closed).",
     "sales_cycle": "Median and p90 time from the lead's capture to the deal's contract "
     "signature, for contracts of a lead's deal signed in the window.",
-    "approval_cycle": "Median and p90 time from a quote being submitted to its discount "
-    "approvals being complete.",
+    "approval_cycle": "Median and p90 time from a quote's approvals being asked for to the last "
+    "of them being given, for quotes whose approvals were complete in the window.",
     "quote_to_contract": "Median and p90 time from a quote being priced to its first contract "
     "being sent for signature, for contracts first sent in the window: the approval wait "
     "included, about 0 for a quote that needed no approval.",
@@ -164,15 +167,6 @@ DEFINITIONS = {
     "before tax: contracted (the signed quote's plan for the period) - billed (the invoice "
     "without metered usage) + credited + written off. Value: the leakage; basis: collected of "
     "contracted.",
-}
-
-NOT_RECORDED = {
-    "lead_response": "lead_assignments would need accepted_at (and the time the lead became "
-    "sales-ready, e.g. sla_started_at), written by an activity when accept_lead is taken; today "
-    "both live only in the deal's workflow state (routing.sales_ready_at / accepted_at).",
-    "approval_cycle": "quotes would need approved_at (or a quote_approvals table: quote_id, "
-    "rule, role, approver, approved_at), written by an activity when the last approval of a "
-    "quote is given; today approvals live only in the deal's workflow state and events.",
 }
 
 NAMES = {
@@ -422,6 +416,7 @@ def compute_kpis(
             ).all()
             if row[0] in signed_quote_ids
         }
+        milestones = session.exec(select(DealMilestoneRecord)).all()
         quote_lines: dict[str, list[QuoteLineRecord]] = defaultdict(list)
         for line in session.exec(
             select(QuoteLineRecord).order_by(col(QuoteLineRecord.line_no))
@@ -454,8 +449,23 @@ def compute_kpis(
 
     kpis: list[Kpi] = []
 
-    # Lead response: when the owner accepted is not in the ledger.
-    kpis.append(_not_recorded("lead_response", "days"))
+    # Lead response and approval cycle: from the milestones deals keep in the ledger.
+    deal_kept = {lead.deal_id for lead in leads}
+    moments: dict[tuple[str, str, str], datetime] = {
+        (m.deal_id, m.kind, m.key): as_utc(m.at) for m in milestones if m.deal_id in deal_kept
+    }
+    durations_from_milestones = {
+        "lead_response": [
+            _seconds(accepted, ready)
+            for (deal, kind, key), accepted in sorted(moments.items())
+            if kind == "lead_accepted"
+            and window.has(accepted)
+            and (ready := moments.get((deal, "lead_sales_ready", key))) is not None
+            and accepted >= ready  # accepted before it was sales-ready: no response time
+        ],
+        "approval_cycle": _approval_cycles(moments, window),
+    }
+    kpis.append(_duration("lead_response", durations_from_milestones["lead_response"]))
 
     # Funnel and lead-to-opportunity: the cohort of leads captured in the window.
     cohort = {
@@ -504,7 +514,8 @@ def compute_kpis(
         if contract.signed_at is not None and window.has(contract.signed_at)
     ]
     kpis.append(_duration("sales_cycle", durations["sales_cycle"]))
-    kpis.append(_not_recorded("approval_cycle", "days"))
+    kpis.append(_duration("approval_cycle", durations_from_milestones["approval_cycle"]))
+    durations.update(durations_from_milestones)
     kpis.append(_duration("quote_to_contract", durations["quote_to_contract"]))
     kpis.append(_duration("signature_cycle", durations["signature_cycle"]))
 
@@ -586,15 +597,23 @@ def compute_kpis(
     )
 
 
-def _not_recorded(key: str, unit: str) -> Kpi:
-    return Kpi(
-        key=key,
-        name=NAMES[key],
-        unit=unit,
-        definition=DEFINITIONS[key],
-        recorded=False,
-        missing=NOT_RECORDED[key],
-    )
+def _approval_cycles(moments: dict[tuple[str, str, str], datetime], window: "_Window") -> list[int]:
+    """Per quote version whose approvals were all given in the window: from the first asked for
+    to the last given."""
+    asked: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+    given: dict[tuple[str, str], list[datetime | None]] = defaultdict(list)
+    for (deal, kind, key), at in moments.items():
+        if kind == "approval_requested":
+            version = key.split(":", 1)[0]
+            asked[(deal, version)].append(at)
+            given[(deal, version)].append(moments.get((deal, "approval_given", key)))
+    cycles = []
+    for quote, times in sorted(given.items()):
+        if times and all(t is not None for t in times):
+            done = max(t for t in times if t is not None)
+            if window.has(done):
+                cycles.append(_seconds(done, min(asked[quote])))
+    return cycles
 
 
 def _conversion(key: str, converted: int, of: int) -> Kpi:
@@ -766,8 +785,6 @@ def _leakage(
 
 def format_value(kpi: Kpi) -> str:
     """The KPI's headline as people read it."""
-    if not kpi.recorded:
-        return "not recorded"
     if kpi.value is None:
         return "no data"
     if kpi.unit == "share":
@@ -781,8 +798,6 @@ def format_value(kpi: Kpi) -> str:
 
 def format_basis(kpi: Kpi) -> str:
     """What the value was computed from."""
-    if not kpi.recorded:
-        return "not in the ledger"
     if kpi.key in DURATION_KPIS:
         if not kpi.samples:
             return "0 samples"

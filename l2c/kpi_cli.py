@@ -119,7 +119,4 @@ def print_report(report: "KpiReport") -> None:
                             str(row.collected), str(row.credited), str(row.written_off),
                             str(row.still_open), str(row.unbilled), str(row.leakage))  # fmt: skip
         console.print(leakage)
-    for kpi in report.kpis:
-        if not kpi.recorded:
-            console.print(f"Not recorded in the ledger: {kpi.name}. {kpi.missing}")
     console.print("Definitions: docs/kpi.md, or --json / --html.")

@@ -162,7 +162,6 @@ def receivables_chart(report: KpiReport) -> Markup:
 def render_html(report: KpiReport) -> str:
     return _templates.get_template(TEMPLATE).render(
         report=report,
-        not_recorded=[k for k in report.kpis if not k.recorded],
         funnel_svg=funnel_chart(report),
         cycle_svg=cycle_chart(report),
         leakage_svgs=leakage_charts(report),

@@ -137,6 +137,16 @@ class ApprovalRequirement(BaseModel):
     notified: list[str] = []  # who was reminded at the last escalation
 
 
+class Milestone(BaseModel):
+    """A moment of a deal the KPIs measure (docs/kpi.md) that only the workflow sees: it comes
+    with the next activity that writes to the ledger, which keeps it (`deal_milestones`)."""
+
+    kind: Literal["lead_sales_ready", "lead_accepted", "approval_requested", "approval_given"]
+    key: str = ""  # which one: "" for the lead's, "v<quote version>:<rule>" for approvals
+    at: datetime
+    actor: str = ""
+
+
 class QuoteRequest(BaseModel):
     deal_id: str
     version: int
@@ -148,6 +158,7 @@ class QuoteRequest(BaseModel):
     price_book_version: str | None = None
     priced_at: datetime | None = None  # approvals are due, and the quote expires, from here
     customer: str = ""  # the company, named on the quote document
+    milestones: list[Milestone] = []  # the lead's: sales-ready, accepted
 
 
 class QuotePricing(BaseModel):
@@ -194,6 +205,7 @@ class ContractRequest(BaseModel):
     revision: int = Field(default=0, ge=0)  # 0: the first contract; +1 per accepted redline
     # No terms yet: render the library's standard ones (with `payment_terms_days`).
     standard_terms: bool = False
+    milestones: list[Milestone] = []  # the quote's approvals: asked for, given
 
 
 class ContractDocument(BaseModel):

@@ -414,6 +414,19 @@ class RoutingCursor(SQLModel, table=True):
     next_index: int = 0
 
 
+class DealMilestoneRecord(SQLModel, table=True):
+    """Moments of a deal the KPIs measure that no document records: a lead becoming sales-ready
+    and being accepted, an approval asked for and given (models.documents.Milestone). Keyed by
+    what they are, so a retried or repeated activity stores each once, at its first time."""
+
+    __tablename__ = "deal_milestones"
+    deal_id: str = Field(primary_key=True, max_length=80)
+    kind: str = Field(primary_key=True, max_length=40)
+    key: str = Field(primary_key=True, max_length=120)
+    at: datetime = utc_timestamp(nullable=False)
+    actor: str = Field(default="", max_length=100)
+
+
 class LeadAssignmentRecord(SQLModel, table=True):
     """Each owner a deal's lead was assigned to: the natural key (deal, assignment number) makes a
     retried routing step return the owner it already chose, without taking another turn."""

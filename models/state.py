@@ -28,6 +28,7 @@ class RequiredApproval(BaseModel):
     role: str  # this role or a higher one approves
     eligible_approvers: list[str]
     approved_by: str | None = None
+    approved_at: datetime | None = None
     due_at: datetime | None = None  # not given by then: escalated
     escalations: int = 0
     escalated_to: str | None = None  # the role asked (and reminded) since the last escalation
@@ -35,6 +36,7 @@ class RequiredApproval(BaseModel):
 
 class PendingApproval(BaseModel):
     quote_version: int
+    requested_at: datetime | None = None  # when the deal began to wait for it
     discount_percent: Decimal
     submitted_by: str
     # The first approval still needed (all of them: `requirements`).

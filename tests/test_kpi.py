@@ -45,6 +45,7 @@ from models.documents import (
     InvoiceLinePlan,
     InvoiceRequest,
     LateFeeRequest,
+    Milestone,
     PaymentRecord,
     Quote,
     QuoteRequest,
@@ -53,7 +54,7 @@ from models.documents import (
     WriteOffRequest,
 )
 from models.leads import RoutingRequest
-from models.ledger import InvoiceRecord, QuoteLineRecord, QuoteRecord
+from models.ledger import DealMilestoneRecord, InvoiceRecord, QuoteLineRecord, QuoteRecord
 from models.money import ZERO
 from models.signals import SubmitQuote
 from tests.helpers import make_lead, usage_lines
@@ -99,7 +100,7 @@ class Books:
         return lead
 
     def quote(self, lead: LeadInput, priced: datetime, lines: list[dict[str, Any]],
-              term_months: int = 3) -> Quote:  # fmt: skip
+              term_months: int = 3, milestones: list[Milestone] | None = None) -> Quote:  # fmt: skip
         frozen = type("Frozen", (datetime,), {"now": classmethod(lambda cls, tz=None: priced)})
         self.monkeypatch.setattr(activities.quotes, "datetime", frozen)
         submission = SubmitQuote.model_validate(
@@ -107,15 +108,17 @@ class Books:
         )
         request = QuoteRequest(deal_id=f"deal-{lead.lead_id}", version=1,
                                currency=lead.currency, submission=submission,
-                               country=lead.country)  # fmt: skip
+                               country=lead.country, milestones=milestones or [])  # fmt: skip
         pricing = self.run(self.quotes.price_quote, request)
         self.monkeypatch.undo()
         assert pricing.quote is not None, pricing.refusal
         return pricing.quote  # type: ignore[no-any-return]
 
-    def send(self, lead: LeadInput, quote: Quote, sent: datetime, revision: int = 0) -> str:
+    def send(self, lead: LeadInput, quote: Quote, sent: datetime, revision: int = 0,
+             milestones: list[Milestone] | None = None) -> str:  # fmt: skip
         request = ContractRequest(deal_id=f"deal-{lead.lead_id}", lead=lead, quote=quote,
-                                  issued_at=sent, payment_terms_days=30, revision=revision)  # fmt: skip
+                                  issued_at=sent, payment_terms_days=30, revision=revision,
+                                  milestones=milestones or [])  # fmt: skip
         return str(self.run(self.quotes.render_contract, request).contract_id)
 
     def sign(self, lead: LeadInput, contract_id: str, signed: datetime) -> None:
@@ -178,6 +181,19 @@ class Books:
 PLATFORM = [{"sku": "PLATFORM", "quantity": 10}]
 
 
+def accepted(ready: datetime, at: datetime) -> list[Milestone]:
+    return [Milestone(kind="lead_sales_ready", at=ready),
+            Milestone(kind="lead_accepted", at=at, actor="nora.na")]  # fmt: skip
+
+
+def approval_asked(key: str, at: datetime) -> Milestone:
+    return Milestone(kind="approval_requested", key=key, at=at)
+
+
+def approval_given(key: str, at: datetime) -> Milestone:
+    return Milestone(kind="approval_given", key=key, at=at, actor="mia.manager")
+
+
 def build_march(books: Books) -> dict[str, Quote]:
     """Known deals around March 2026 (USD, untaxed, and EUR, taxed 19% in DE):
 
@@ -193,22 +209,30 @@ def build_march(books: Books) -> dict[str, Quote]:
     """
     quotes = {}
     a = books.lead("A", at(2))
-    quotes["A"] = qa = books.quote(a, at(3), PLATFORM)
+    # Accepted 2 hours after it became sales-ready (the deal passes that along with its quote).
+    quotes["A"] = qa = books.quote(a, at(3), PLATFORM, milestones=accepted(at(2, 10), at(2, 12)))
     books.sign(a, books.send(a, qa, at(4)), at(6))
     books.pay(a, books.invoice(a, qa, 0, at(6)), "500.00", at(10))
     books.invoice(a, qa, 1, at(6, month=4))
 
     b = books.lead("B", at(5))
-    quotes["B"] = qb = books.quote(b, at(6), PLATFORM)
-    books.send(b, qb, at(6, 21))
-    books.sign(b, books.send(b, qb, at(8), revision=1), at(12))
+    quotes["B"] = qb = books.quote(b, at(6), PLATFORM, milestones=accepted(at(5), at(6)))
+    # Its discount asked for at 09:00 and approved at 20:00; the same milestones again with the
+    # revision change nothing.
+    approval = [approval_asked("v1:discount", at(6)), approval_given("v1:discount", at(6, 20))]
+    books.send(b, qb, at(6, 21), milestones=approval)
+    books.sign(b, books.send(b, qb, at(8), revision=1, milestones=approval), at(12))
     invoice = books.invoice(b, qb, 0, at(12))
     books.credit(b, invoice, "100.00", at(15))
     books.pay(b, invoice, "300.00", at(20))
 
     c = books.lead("C", at(10))
     quotes["C"] = qc = books.quote(c, at(11), PLATFORM)
-    books.send(c, qc, at(12))
+    # Two approvals asked for at once: the cycle ends with the later one, a day on.
+    books.send(c, qc, at(12), milestones=[
+        approval_asked("v1:discount", at(11)), approval_given("v1:discount", at(11, 12)),
+        approval_asked("v1:large deal", at(11)), approval_given("v1:large deal", at(12)),
+    ])  # fmt: skip
 
     books.lead(
         "D", datetime(2026, 3, 1, tzinfo=UTC), sales_ready=False
@@ -228,7 +252,9 @@ def build_march(books: Books) -> dict[str, Quote]:
     books.write_off(f, at(28))
 
     g = books.lead("G", at(3), country="DE", currency="EUR")
-    quotes["G"] = qg = books.quote(g, at(4), [*PLATFORM, {"sku": "ONBOARDING", "quantity": 1}])
+    # Accepted before it was sales-ready: no response time.
+    quotes["G"] = qg = books.quote(g, at(4), [*PLATFORM, {"sku": "ONBOARDING", "quantity": 1}],
+                                   milestones=accepted(at(3, 12), at(3, 10)))  # fmt: skip
     books.sign(g, books.send(g, qg, at(4, 12)), at(9, 12))
     platform_only = [line for line in qg.billing_plan[0].lines if line.sku == "PLATFORM"]
     invoice = books.invoice(g, qg, 0, at(9, 12), lines=platform_only)
@@ -281,12 +307,18 @@ def test_cycle_times_are_medians_and_p90_of_the_window(march: Engine) -> None:
     assert (signature.value, signature.p90) == (Decimal("5.00"), Decimal("5.50"))
 
 
-def test_what_the_ledger_does_not_record_is_said_not_guessed(march: Engine) -> None:
+def test_lead_response_and_approval_cycle_come_from_the_deals_milestones(march: Engine) -> None:
     report = compute_kpis(march, *MARCH)
-    for key, column in [("lead_response", "accepted_at"), ("approval_cycle", "approved_at")]:
-        missing = kpi(report, key)
-        assert missing.status == "not recorded" and missing.value is None
-        assert missing.samples == 0 and column in missing.missing
+    # A: 2 hours, B: a day; G was accepted before it was sales-ready: no response time.
+    assert report.durations["lead_response"] == [2 * 3600, DAY]
+    response = kpi(report, "lead_response")
+    assert (response.value, response.p90, response.samples) == (Decimal("0.54"), Decimal("1.00"), 2)
+    # B: 11 hours; C: its later approval, a day after both were asked for.
+    assert report.durations["approval_cycle"] == [11 * 3600, DAY]
+    approvals = kpi(report, "approval_cycle")
+    assert (approvals.value, approvals.samples) == (Decimal("0.73"), 2)
+    with Session(march) as session:  # each milestone once, though B's came with two contracts
+        assert len(session.exec(select(DealMilestoneRecord)).all()) == 12
 
 
 def test_invoice_accuracy_dso_and_leakage_per_currency(march: Engine) -> None:
@@ -342,8 +374,7 @@ def test_no_data_is_none_with_no_samples_never_a_zero(ledger: Engine) -> None:
     assert report.leakage == []
     for item in report.kpis:
         assert item.value is None and item.samples == 0, item
-        assert item.status == ("not recorded" if item.key in ("lead_response",
-                                                              "approval_cycle") else "no data")  # fmt: skip
+        assert item.status == "no data"
     assert {k.key for k in report.kpis} >= {"dso", "revenue_leakage", "sales_cycle"}
     html = render_html(report)  # the report says so too, chart by chart
     for message in ["no leads captured in the window", "no cycle times in the window",
@@ -487,14 +518,14 @@ def test_the_command_prints_a_table_json_and_an_html_report(
     row = next(line for line in lines if "DSO" in line and "EUR" in line)
     assert "15.5" in row
     assert "Funnel: 6 leads -> 5 opportunities -> 4 quoted -> 3 won" in table.stdout
-    assert any("Lead response time" in line and "not recorded" in line for line in lines)
+    assert any("Lead response time" in line and "0.54 d" in line for line in lines)
 
     as_json = l2c(march_sqlite, *window, "--json")
     assert as_json.returncode == 0, as_json.stderr
     data = json.loads(as_json.stdout)
     by_key = {(k["key"], k["currency"]): k for k in data["kpis"]}
     assert by_key[("revenue_leakage", "USD")]["value"] == "600.00"  # money as exact strings
-    assert by_key[("approval_cycle", None)]["status"] == "not recorded"
+    assert by_key[("approval_cycle", None)]["value"] == "0.73"
 
     out = tmp_path / "kpi.html"
     written = l2c(march_sqlite, *window, "--html", str(out))

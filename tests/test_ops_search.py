@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
+from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.common import TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
@@ -15,7 +16,9 @@ from temporalio.testing import WorkflowEnvironment
 from l2c.config import BusinessRules, Settings
 from l2c.ops_cli import deals_query
 from l2c.runtime import build_worker
+from models.calendar import as_utc
 from models.deal import Stage
+from models.ledger import DealMilestoneRecord
 from models.search import (
     DEAL_APPROVERS,
     DEAL_OLDEST_DUE,
@@ -52,7 +55,7 @@ async def to_approval(client: Client, task_queue: str) -> Handle:
 
 
 async def test_search_attributes_follow_approvers_stage_and_oldest_due_invoice(
-    ts_env: WorkflowEnvironment, deal_worker: Settings
+    ts_env: WorkflowEnvironment, deal_worker: Settings, sqlite_ledger: Engine
 ) -> None:
     handle = await to_approval(ts_env.client, deal_worker.task_queue)
     state = await wait_until(handle, lambda s: s.pending_approval is not None)
@@ -68,6 +71,21 @@ async def test_search_attributes_follow_approvers_stage_and_oldest_due_invoice(
     found = await searchable(handle)
     assert found.get(DEAL_APPROVERS) == []  # nobody's approval is waited for any more
     assert state.stage_since is not None and found.get(DEAL_STAGE_SINCE) == state.stage_since
+
+    # The KPIs' milestones reached the ledger with the quote and the contract.
+    with Session(sqlite_ledger) as session:
+        rows = session.exec(
+            select(DealMilestoneRecord).where(DealMilestoneRecord.deal_id == handle.id)
+        ).all()
+    routing = state.routing
+    assert routing is not None and routing.accepted_at is not None
+    kept = {(row.kind, row.key): (as_utc(row.at), row.actor) for row in rows}
+    assert kept[("lead_accepted", "")] == (routing.accepted_at, routing.accepted_by)
+    key = "v1:discount 15%"  # the quote version and the rule that needed the approval
+    assert kept[("approval_given", key)][1] == "mia.manager"
+    assert kept[("approval_requested", key)][0] <= kept[("approval_given", key)][0]
+    assert set(kept) == {("lead_sales_ready", ""), ("lead_accepted", ""),
+                         ("approval_requested", key), ("approval_given", key)}  # fmt: skip
 
     await sign(handle, state)
     state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) >= 1)

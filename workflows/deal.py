@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         IssuedInvoice,
         LateFeeRequest,
         LedgerChargeback,
+        Milestone,
         NurtureTouch,
         OrderRequest,
         PaymentRecord,
@@ -294,6 +295,8 @@ class DealWorkflow:
         self._attach_answer: AttachAnswer | None = None  # from the deal this lead asked to join
         self._closing = False
         self._ops_search = False  # see OPS_SEARCH
+        # Quote version -> its approvals as KPI milestones, for the ledger with its contract.
+        self._approval_milestones: dict[int, list[Milestone]] = {}
         self._searchable: dict[str, object] = {}  # the ops search attributes as last upserted
 
     # ------------------------------------------------------------------ the process
@@ -664,6 +667,7 @@ class DealWorkflow:
             else None,
             priced_at=workflow.now(),
             customer=self.deal.lead.company,
+            milestones=_lead_milestones(self.deal.routing),
         )
         pricing = await self._call(QuoteActivities.price_quote, request, "price quote")
         self._priced[request.version] = pricing.refusal if pricing.quote is None else None
@@ -689,6 +693,7 @@ class DealWorkflow:
         or a new quote ends the wait. An approval not given in its SLA is escalated."""
         self.deal.pending_approval = PendingApproval(
             quote_version=quote.version,
+            requested_at=workflow.now(),
             discount_percent=quote.discount_percent,
             submitted_by=quote.submitted_by,
             required_role=approvals[0].required_role,
@@ -709,6 +714,10 @@ class DealWorkflow:
         else:
             await self._wait_for(lambda: self._approval is not None)
         decision, self._approval = self._approval, None
+        if isinstance(decision, ApproveDiscount):
+            self._approval_milestones[quote.version] = _approval_milestones(
+                self.deal.pending_approval
+            )
         self.deal.pending_approval = None
         return isinstance(decision, ApproveDiscount)
 
@@ -882,6 +891,7 @@ class DealWorkflow:
                 terms=terms,
                 revision=revision,
                 standard_terms=self._contract_terms,
+                milestones=self._approval_milestones.get(quote.version, []),
             ),
             "render contract" if revision == 0 else f"render contract revision {revision}",
         )
@@ -2031,7 +2041,7 @@ class DealWorkflow:
     def _give_approval(self, approval: ApproveDiscount, requirement: RequiredApproval) -> str:
         pending = self.deal.pending_approval
         assert pending is not None
-        requirement.approved_by = approval.approver
+        requirement.approved_by, requirement.approved_at = approval.approver, workflow.now()
         detail = approval.comment or "approved"
         if len(pending.requirements) > 1:
             detail = f"as {requirement.role} ({requirement.rule}): {detail}"
@@ -3385,6 +3395,33 @@ _WAITING_FOR = {
     "or redline (`propose_terms`)",
     Stage.ACTIVE: "billing periods and payments (`record_payment`)",
 }
+
+
+def _lead_milestones(routing: LeadRouting | None) -> list[Milestone]:
+    """When the lead became sales-ready and was accepted, for the lead response KPI."""
+    if routing is None:
+        return []
+    milestones = []
+    if routing.sales_ready_at is not None:
+        milestones.append(Milestone(kind="lead_sales_ready", at=routing.sales_ready_at))
+    if routing.accepted_at is not None:
+        milestones.append(Milestone(kind="lead_accepted", at=routing.accepted_at,
+                                    actor=routing.accepted_by or ""))  # fmt: skip
+    return milestones
+
+
+def _approval_milestones(pending: PendingApproval | None) -> list[Milestone]:
+    """When each approval of a quote was asked for and given, for the approval cycle KPI."""
+    if pending is None or pending.requested_at is None:
+        return []
+    milestones = []
+    for requirement in pending.requirements:
+        key = f"v{pending.quote_version}:{requirement.rule}"[:120]  # the ledger's key length
+        milestones.append(Milestone(kind="approval_requested", key=key, at=pending.requested_at))
+        if requirement.approved_at is not None:
+            milestones.append(Milestone(kind="approval_given", key=key, at=requirement.approved_at,
+                                        actor=requirement.approved_by or ""))  # fmt: skip
+    return milestones
 
 
 def _continuation(payload: RawValue) -> DealContinuation | None:
