@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from l2c.config import ConfigError, Settings, load_business_rules
+from l2c.config import PROJECT_ROOT, ConfigError, Settings, load_business_rules
 from l2c.db import LedgerSchemaOutdated
 from l2c.kpi_cli import add_kpi_parser
 
@@ -62,12 +62,19 @@ async def _run_worker(
     shutdown_grace: float = 10,
 ) -> bool:
     """Run a worker until `stop`; False when it had to leave activities unfinished."""
-    from l2c.runtime import build_worker, connect, open_ledger, worker_runtime
+    from l2c.runtime import (
+        build_worker,
+        check_search_attributes,
+        connect,
+        open_ledger,
+        worker_runtime,
+    )
 
     log = logging.getLogger("l2c.worker")
     rules = load_business_rules(settings.config_dir)
     engine = open_ledger(settings)
     client = await connect(settings, worker_runtime(metrics_port, metrics_host))
+    await check_search_attributes(client)
     grace = timedelta(seconds=shutdown_grace)
     worker = build_worker(client, engine, rules, settings, graceful_shutdown=grace)
     log.info(
@@ -219,18 +226,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(
             f"Payloads are encrypted ({settings.codec_keyring}); the Web UI decrypts via {endpoint}"
         )
+    from l2c.logs import configure_logging
+
+    # The worker's own lines (start, stop, an abandoned activity) and warnings; not every
+    # library's INFO chatter.
+    configure_logging("text", logging.WARNING)
+    logging.getLogger("l2c").setLevel(logging.INFO)
+    clean = True
     try:
-        asyncio.run(_dev(args, data_dir))
+        clean = asyncio.run(_dev(args, data_dir))
     finally:
         if codec_server is not None:
             codec_server.stop()
         server.terminate()
         with contextlib.suppress(Exception):
             server.wait(timeout=15)
+    if not clean:  # a thread still in an activity would hold up the exit
+        logging.shutdown()
+        os._exit(1)
     return 0
 
 
-async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
+async def _dev(args: argparse.Namespace, data_dir: Path) -> bool:
     from l2c.demo import start_demo_deals
     from l2c.enrichment_sandbox import SandboxEnrichment
     from l2c.gateway_sandbox import SandboxGateway
@@ -290,7 +307,7 @@ async def _dev(args: argparse.Namespace, data_dir: Path) -> None:
                                  gateway=gateway.url, webhooks=webhook_url(webhooks),
                                  intake=intake_url(intake), intake_key=key,
                                  enrichment=settings.enrichment_url))  # fmt: skip
-        await worker
+        return await worker
 
 
 # The sandbox's signing secret; a real gateway's comes from L2C_WEBHOOK_SECRET.
@@ -578,7 +595,9 @@ CODEC_PORT = 12115
 
 
 def _keyring_path(given: str | None) -> Path | None:
-    return Path(given) if given else Settings.from_env().codec_keyring
+    # Not through Settings, which refuses a keyring that does not exist yet: keygen makes it.
+    named = given or os.environ.get("L2C_CODEC_KEYRING")
+    return Path(named) if named else None
 
 
 def cmd_codec_keygen(args: argparse.Namespace) -> int:
@@ -634,7 +653,9 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="l2c", description="Lead-to-cash on Temporal")
     sub = parser.add_subparsers(dest="command", required=True)
-    data_default = str(Settings.from_env().data_dir)
+    # Not Settings.from_env(): that checks the whole environment (a keyring that `l2c codec
+    # keygen` is about to create, say) before any command could say what it needs.
+    data_default = os.environ.get("L2C_DATA_DIR") or str(PROJECT_ROOT / "data")
 
     server = sub.add_parser(
         "server", help="run the embedded Temporal dev server (SQLite, WAL, Web UI)"

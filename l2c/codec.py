@@ -16,16 +16,20 @@ only once no history it encrypted is retained any more.
 
 import base64
 import binascii
+import contextlib
 import dataclasses
+import fcntl
 import os
+import re
 import secrets
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import (
@@ -39,7 +43,9 @@ from l2c.config import ConfigError
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
 NONCE_BYTES = 12
+TAG_BYTES = 16  # GCM's authentication tag, at the end of the ciphertext
 KEY_BYTES = 32  # AES-256
+KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class CodecError(ValueError):
@@ -69,6 +75,11 @@ class Keyring:
             raise ConfigError(f"{where}: a [keys] table with at least one key is needed")
         keys: dict[str, bytes] = {}
         for key_id, encoded in raw_keys.items():
+            if not KEY_ID.fullmatch(key_id):
+                raise ConfigError(
+                    f"{where}: key id {key_id!r} may hold only letters, digits, - and _ "
+                    "(at most 64): it travels in every payload's metadata"
+                )
             try:
                 key = base64.b64decode(str(encoded), validate=True)
             except (binascii.Error, ValueError):
@@ -99,23 +110,35 @@ def add_key(path: Path, activate: bool = True) -> str:
     decrypt what they encrypted. With several workers, add it without activating first (every
     process must hold a key before any process encrypts with it), restart them all, then
     `activate_key` and restart again."""
-    ring = Keyring.load(path) if path.exists() else None
-    keys = dict(ring.keys) if ring else {}
-    key_id = new_key_id()
-    while key_id in keys:
+    with _locked(path):
+        ring = Keyring.load(path) if path.exists() else None
+        keys = dict(ring.keys) if ring else {}
         key_id = new_key_id()
-    keys = {key_id: AESGCM.generate_key(bit_length=256), **keys}
-    _write_keyring(path, key_id if activate or ring is None else ring.active, keys)
+        while key_id in keys:
+            key_id = new_key_id()
+        keys = {key_id: AESGCM.generate_key(bit_length=256), **keys}
+        _write_keyring(path, key_id if activate or ring is None else ring.active, keys)
     return key_id
 
 
 def activate_key(path: Path, key_id: str) -> None:
-    ring = Keyring.load(path)
-    if key_id not in ring.keys:
-        raise ConfigError(
-            f"codec keyring {path}: no key {key_id!r} (it has {', '.join(sorted(ring.keys))})"
-        )
-    _write_keyring(path, key_id, ring.keys)
+    with _locked(path):
+        ring = Keyring.load(path)
+        if key_id not in ring.keys:
+            raise ConfigError(
+                f"codec keyring {path}: no key {key_id!r} (it has {', '.join(sorted(ring.keys))})"
+            )
+        _write_keyring(path, key_id, ring.keys)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One change to the keyring at a time: two keygens at once would each drop the other's
+    key, and payloads encrypted with a lost key can never be read again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _write_keyring(path: Path, active: str, keys: dict[str, bytes]) -> None:
@@ -127,14 +150,21 @@ def _write_keyring(path: Path, active: str, keys: dict[str, bytes]) -> None:
         "[keys]",
         *(f'{kid} = "{base64.b64encode(key).decode()}"' for kid, key in keys.items()),
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the old file, readable by its owner only, then swapped in whole: a crash
-    # mid-write never leaves a keyring without the keys the histories need.
+    # Written beside the old file, readable by its owner only, on disk, then swapped in whole:
+    # a crash mid-write never leaves a keyring without the keys the histories need.
     fresh = path.with_name(path.name + ".new")
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fresh.unlink(missing_ok=True)  # a leftover of a crash, with whatever mode it had
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write("\n".join(lines) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(fresh, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 class EncryptionCodec(PayloadCodec):
@@ -170,6 +200,8 @@ class EncryptionCodec(PayloadCodec):
                 f"payload was encrypted with key {key_id!r}, which the keyring "
                 f"{self.keyring.path} does not hold (it has {', '.join(sorted(self._ciphers))})"
             )
+        if len(payload.data) < NONCE_BYTES + TAG_BYTES:
+            raise CodecError(f"payload marked encrypted with key {key_id!r} is too short to be")
         nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
         try:
             plain = cipher.decrypt(nonce, sealed, key_id.encode())
@@ -179,7 +211,10 @@ class EncryptionCodec(PayloadCodec):
                 "ones it was encrypted with, or the payload was altered"
             ) from None
         decoded = Payload()
-        decoded.ParseFromString(plain)
+        try:
+            decoded.ParseFromString(plain)
+        except DecodeError:  # authentic, so written by a codec that was not this one
+            raise CodecError(f"payload decrypted with key {key_id!r} is not a payload") from None
         return decoded
 
 

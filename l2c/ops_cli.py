@@ -401,7 +401,15 @@ async def record_payment(
         return before
     seen = before.earlier_events + len(before.events)
     applied_before = payment.reference in before.payment_references
-    await handle.signal("record_payment", payment.model_dump(mode="json", exclude_none=True))
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        await handle.signal("record_payment", payment.model_dump(mode="json", exclude_none=True))
+    except RPCError as err:
+        # Closed meanwhile, or the server away: nothing was delivered, and the batch goes on.
+        code = REFUSED if err.status == RPCStatusCode.NOT_FOUND else NO_ANSWER
+        return Outcome(code, workflow_id, f"{workflow_id}: payment {payment.reference} was not "
+                       f"sent: {err.message}")  # fmt: skip
     while True:
         remaining = deadline - loop.time()
         state = await query_state(handle, max(remaining, 1.0))
@@ -831,6 +839,8 @@ async def run_batch(
     done_word: str,
 ) -> int:
     """Each row in order (rows of one deal in the file's order), a line per refusal, a summary."""
+    from temporalio.service import RPCError
+
     progress = BatchProgress(len(rows), label)
     results: list[dict[str, Any]] = []
     counts = {OK: 0, REFUSED: 0, NO_ANSWER: 0}
@@ -839,7 +849,10 @@ async def run_batch(
             if isinstance(row.payload, str):
                 outcome = Outcome(REFUSED, row.deal_id, f"{row.deal_id}: not sent: {row.payload}")
             else:
-                outcome = await act(row, row.payload)
+                try:
+                    outcome = await act(row, row.payload)
+                except RPCError as err:  # one row's trouble with the server ends no batch
+                    outcome = Outcome(NO_ANSWER, row.deal_id, f"{row.deal_id}: {err.message}")
             code = REFUSED if outcome.code == INVALID else outcome.code
             counts[code] += 1
             results.append({"line": row.where, **outcome.as_json()})

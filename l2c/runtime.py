@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Engine
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
@@ -26,6 +27,7 @@ from temporalio.runtime import (
     TelemetryConfig,
     TelemetryFilter,
 )
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -39,7 +41,7 @@ from l2c.gateway import PaymentGateway
 from l2c.mail import Mailer
 from l2c.price_books import register_price_book
 from models.deal import WORKFLOW_TYPE, LeadInput, Stage, workflow_id_for
-from models.search import DEAL_STAGE
+from models.search import ALL_KEYS, DEAL_STAGE, SEARCH_ATTRIBUTE_TYPES
 from models.state import DealState
 from workflows.deal import DealWorkflow
 
@@ -70,6 +72,34 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
             f"cannot reach Temporal at {settings.temporal_address} "
             f"(set TEMPORAL_ADDRESS, or start one with `l2c server`): {err}"
         ) from None
+
+
+async def check_search_attributes(client: Client) -> None:
+    """Refuse to start a worker on a namespace that lacks the deal's search attributes: each
+    deal's workflow task would fail on its first upsert of one, and retry until it is added."""
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
+    except RPCError as err:  # e.g. a cloud API key without the operator's rights: say, go on
+        logging.getLogger(__name__).warning(
+            "could not check the namespace's search attributes (%s); the deal needs %s",
+            err.message,
+            ", ".join(key.name for key in ALL_KEYS),
+        )
+        return
+    missing = [key for key in ALL_KEYS if key.name not in listed.custom_attributes]
+    if missing:
+        commands = "; ".join(
+            f"temporal operator search-attribute create --namespace {client.namespace} "
+            f"--name {key.name} --type {SEARCH_ATTRIBUTE_TYPES[key.indexed_value_type]}"
+            for key in missing
+        )
+        raise ConfigError(
+            f"namespace {client.namespace!r} lacks the search attributes "
+            f"{', '.join(key.name for key in missing)} that deals keep; add them "
+            f"(`l2c server` does at its start), e.g.: {commands}"
+        )
 
 
 def worker_runtime(metrics_port: int | None, metrics_host: str = "0.0.0.0") -> Runtime:

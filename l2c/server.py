@@ -7,16 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.search import ALL_KEYS
-
-_SA_TYPE = {
-    "KEYWORD": "Keyword",
-    "DOUBLE": "Double",
-    "TEXT": "Text",
-    "INT": "Int",
-    "KEYWORD_LIST": "KeywordList",
-    "DATETIME": "Datetime",
-}
+from models.search import ALL_KEYS, SEARCH_ATTRIBUTE_TYPES
 
 
 def temporal_binary() -> str:
@@ -35,7 +26,7 @@ def search_attribute_flags() -> list[str]:
     for key in ALL_KEYS:
         flags += [
             "--search-attribute",
-            f"{key.name}={_SA_TYPE[key.indexed_value_type.name.removeprefix('INDEXED_VALUE_TYPE_')]}",
+            f"{key.name}={SEARCH_ATTRIBUTE_TYPES[key.indexed_value_type]}",
         ]
     return flags
 

@@ -1,6 +1,6 @@
 """Custom search attributes of a deal: what ops filter on in the Web UI's workflow list."""
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
 
 DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
 DEAL_OWNER = SearchAttributeKey.for_keyword("DealOwner")
@@ -18,3 +18,13 @@ DEAL_STAGE_SINCE = SearchAttributeKey.for_datetime("DealStageSince")
 DEAL_OLDEST_DUE = SearchAttributeKey.for_datetime("DealOldestDue")
 
 ALL_KEYS = (DEAL_STAGE, DEAL_OWNER, DEAL_AMOUNT, DEAL_APPROVERS, DEAL_STAGE_SINCE, DEAL_OLDEST_DUE)
+
+# Their type names as the temporal CLI and server flags spell them.
+SEARCH_ATTRIBUTE_TYPES = {
+    SearchAttributeIndexedValueType.KEYWORD: "Keyword",
+    SearchAttributeIndexedValueType.DOUBLE: "Double",
+    SearchAttributeIndexedValueType.TEXT: "Text",
+    SearchAttributeIndexedValueType.INT: "Int",
+    SearchAttributeIndexedValueType.KEYWORD_LIST: "KeywordList",
+    SearchAttributeIndexedValueType.DATETIME: "Datetime",
+}

@@ -7,6 +7,7 @@ to record (recording one leaves the others as they are):
     python -m tests.record_history approval-matrix
     python -m tests.record_history contract-terms
     python -m tests.record_history lead-front
+    python -m tests.record_history ops-console
 """
 
 import asyncio
@@ -55,6 +56,20 @@ async def save(handle: WorkflowHandle[Any, Any], client: Client, runs: int = 1) 
         print(f"recorded {name}: {len(history.events)} events")
         last = history.events[-1].workflow_execution_continued_as_new_event_attributes
         run_id = last.new_execution_run_id
+
+
+async def sign_for_one_month_and_pay(
+    env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], signer_email: str
+) -> None:
+    """From awaiting signature: signed with notice given at once, invoiced once and paid."""
+    state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
+    assert state.contract is not None
+    await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": signer_email,
+                                           "document_sha256": state.contract.document_sha256})  # fmt: skip
+    await signal(handle, "give_notice", {"by": "ada", "party": "customer", "reason": "one month"})
+    state = await advance_until(env, handle, lambda s: len(s.invoices) == 1)
+    await signal(handle, "record_payment", {"invoice_number": state.invoices[0].number,
+                 "amount": str(state.invoices[0].amount), "reference": "R1"})  # fmt: skip
 
 
 async def record_recorded_1() -> None:
@@ -188,23 +203,32 @@ async def record_lead_front() -> None:
         await signal(nurtured, "mark_lost", {"by": "sam.rep", "reason": "went quiet"})
         await signal(handle, "submit_quote", {"submitted_by": owner, "term_months": 1,
                      "lines": [{"sku": "PLATFORM", "quantity": 10}]})  # fmt: skip
-        state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
-        assert state.contract is not None
-        await signal(handle, "sign_contract", {"signer_name": "Ada Lovelace", "signer_email": "ada@front.example",
-                                               "document_sha256": state.contract.document_sha256})  # fmt: skip
-        await signal(
-            handle, "give_notice", {"by": "ada", "party": "customer", "reason": "one month"}
-        )
-        state = await advance_until(env, handle, lambda s: len(s.invoices) == 1)
-        await signal(handle, "record_payment", {"invoice_number": state.invoices[0].number,
-                     "amount": str(state.invoices[0].amount), "reference": "R1"})  # fmt: skip
+        await sign_for_one_month_and_pay(env, handle, "ada@front.example")
         await save(handle, env.client)
         await save(colleague, env.client)
         await save(nurtured, env.client)
 
 
+async def record_ops_console() -> None:
+    """The ops console's search attributes and the KPIs' milestones: a lead accepted, a 15%
+    quote a manager approves, signed, invoiced for its one month and paid."""
+    async with recording() as env:
+        handle = await start(env.client, "record", lead_id="L-ops-console",
+                             contact_email="ada@ops-console.example")  # fmt: skip
+        await wait_for_stage(handle, Stage.QUALIFIED)
+        owner = (await state_of(handle)).owner
+        await handle.execute_update("accept_lead", {"by": owner, "note": "on it"})
+        await signal(handle, "submit_quote", {"submitted_by": owner, "term_months": 1,
+                     "discount_percent": "15", "lines": [{"sku": "PLATFORM", "quantity": 10}]})  # fmt: skip
+        await wait_for_stage(handle, Stage.AWAITING_APPROVAL)
+        await handle.execute_update("approve_discount", {"approver": "mia.manager"})
+        await sign_for_one_month_and_pay(env, handle, "ada@ops-console.example")
+        await save(handle, env.client)
+
+
 RECORDERS = {"recorded-1": record_recorded_1, "approval-matrix": record_approval_matrix,
-             "contract-terms": record_contract_terms, "lead-front": record_lead_front}  # fmt: skip
+             "contract-terms": record_contract_terms, "lead-front": record_lead_front,
+             "ops-console": record_ops_console}  # fmt: skip
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in RECORDERS:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Engine
 from temporalio.api.common.v1 import Payload, Payloads, WorkflowExecution
 from temporalio.api.history.v1 import History
@@ -90,6 +91,10 @@ def test_keyring_file_is_private_and_names_its_active_key(keyring_path: Path) ->
         ('active = "a"\n[keys]\na = "not base64!"', "key 'a' is not base64"),
         (f'active = "a"\n[keys]\na = "{base64.b64encode(b"short").decode()}"', "is 5 bytes"),
         (f'active = "b"\n[keys]\na = "{base64.b64encode(bytes(32)).decode()}"', "must name one"),
+        (
+            f'active = "a.b"\n[keys]\n"a.b" = "{base64.b64encode(bytes(32)).decode()}"',
+            "key id 'a.b' may hold only letters, digits, - and _",
+        ),
     ],
 )
 def test_unusable_keyrings_are_refused_with_the_file_and_reason(
@@ -119,6 +124,28 @@ async def test_plain_payloads_from_before_encryption_still_decode(keyring_path: 
     codec = EncryptionCodec(Keyring.load(keyring_path))
     plain = json_payload({"approver": "mia.manager"})
     assert await codec.decode([plain]) == [plain]
+
+
+async def test_a_payload_too_short_or_not_a_payload_inside_is_refused(keyring_path: Path) -> None:
+    codec = EncryptionCodec(Keyring.load(keyring_path))
+    key_id = codec.keyring.active.encode()
+    short = Payload(metadata={"encoding": ENCODING, KEY_ID_METADATA: key_id}, data=b"1234")
+    with pytest.raises(CodecError, match="too short"):
+        await codec.decode([short])
+    nonce = bytes(12)
+    junk = AESGCM(codec.keyring.keys[codec.keyring.active]).encrypt(nonce, b"\xff\xff", key_id)
+    sealed = Payload(metadata={"encoding": ENCODING, KEY_ID_METADATA: key_id}, data=nonce + junk)
+    with pytest.raises(CodecError, match="is not a payload"):
+        await codec.decode([sealed])
+
+
+def test_keygen_never_leaves_a_readable_leftover(keyring_path: Path) -> None:
+    leftover = keyring_path.with_name(keyring_path.name + ".new")
+    leftover.write_text("from a crash")
+    leftover.chmod(0o644)
+    add_key(keyring_path)
+    assert not leftover.exists() and keyring_path.stat().st_mode & 0o777 == 0o600
+    assert len(Keyring.load(keyring_path).keys) == 2
 
 
 async def test_a_payload_of_an_unknown_key_or_altered_is_refused_with_the_reason(
@@ -182,6 +209,11 @@ def test_keygen_and_activate_commands(
     monkeypatch.delenv("L2C_CODEC_KEYRING", raising=False)
     assert main(["codec", "keygen"]) == 2
     assert "--keyring FILE, or set L2C_CODEC_KEYRING" in capsys.readouterr().err
+    # The keyring the environment names is created by keygen, not refused for not existing.
+    monkeypatch.setenv("L2C_CODEC_KEYRING", str(tmp_path / "from-env.toml"))
+    assert main(["codec", "keygen"]) == 0
+    assert len(Keyring.load(tmp_path / "from-env.toml").keys) == 1
+    monkeypatch.delenv("L2C_CODEC_KEYRING")
     assert main(["codec", "keygen", "--keyring", str(path)]) == 0
     first = Keyring.load(path).active
     assert main(["codec", "keygen", "--keyring", str(path), "--stage"]) == 0

@@ -15,6 +15,7 @@ from l2c.config import BusinessRules, Settings
 from l2c.mailcatcher import MailCatcher
 from models.deal import Stage
 from models.ledger import ContractRecord
+from models.search import DEAL_APPROVERS
 from models.state import DealState
 from tests.helpers import (
     Handle,
@@ -123,9 +124,11 @@ async def test_a_risky_redline_waits_for_legal_who_is_reminded_after_the_sla(
 
     # Net 90 is also beyond the net 30 the CFO approves on a quote: legal and the CFO decide.
     assert pending.finance_role == "cfo" and pending.finance_approvers == ["carla.cfo"]
+    assert await approvers(handle) == ["carla.cfo", "gus.counsel", "lena.legal"]
     answer = await handle.execute_update("approve_terms", {"approver": "lena.legal",
                                                            "comment": "strategic customer"})  # fmt: skip
     assert answer == "approved as legal; still needed: carla.cfo"
+    assert await approvers(handle) == ["carla.cfo"]
     assert "already approved" in await refused_after(handle, "approve_terms",
                                                      {"approver": "lena.legal"})  # fmt: skip
     answer = await handle.execute_update("approve_terms", {"approver": "carla.cfo"})
@@ -176,14 +179,21 @@ async def test_bad_redlines_are_refused_with_the_reason_and_rejected_ones_change
     assert state.contract.redline_under_review.legal_reviewers == ["gus.counsel"]
     assert "own redline" in await refused_after(handle, "reject_terms",
                                                 {"approver": "lena.legal", "reason": "no"})  # fmt: skip
+    assert await approvers(handle) == ["gus.counsel"]
     await signal(handle, "reject_terms", {"approver": "gus.counsel", "reason": "never granted"})
     state = await wait_until(handle, lambda s: s.contract is not None
                              and s.contract.redline_under_review is None)  # fmt: skip
+    assert await approvers(handle) == []  # nobody is waited for once it is rejected
     assert state.contract == first.contract.model_copy(update={"redline_under_review": None})
     kinds = [e.kind for e in state.events]
     assert "redline_rejected" in kinds and "terms_changed" not in kinds
     await sign(handle, state)  # the contract as first sent
     await wait_for_stage(handle, Stage.ACTIVE)
+
+
+async def approvers(handle: Handle) -> list[str] | None:
+    """Whom "waiting for my approval" (the DealApprovers search attribute) shows the deal to."""
+    return (await handle.describe()).typed_search_attributes.get(DEAL_APPROVERS)
 
 
 def slow_review(settings: Settings) -> Settings:

@@ -16,6 +16,7 @@ import pytest
 from sqlmodel import Session, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 from l2c.cli import main
 from l2c.codec import data_converter
@@ -23,9 +24,11 @@ from l2c.config import ConfigError
 from l2c.db import make_engine
 from l2c.drill import Drill, drill_config, free_port, start_process
 from l2c.logs import JsonLogFormatter, TextLogFormatter
-from l2c.runtime import cloud_credentials, start_deal
+from l2c.runtime import check_search_attributes, cloud_credentials, start_deal
 from models.deal import TASK_QUEUE
 from models.ledger import Lead
+from models.search import DEAL_STAGE
+from tests.conftest import BIN
 from tests.helpers import Handle, make_lead
 
 SLOW_SECONDS = 4
@@ -238,3 +241,21 @@ def test_temporal_cloud_credentials_come_from_the_sdk_environment(
     monkeypatch.setenv("TEMPORAL_TLS_CLIENT_KEY_PATH", str(tmp_path / "missing.key"))
     with pytest.raises(ConfigError, match=r"missing\.key"):
         cloud_credentials()
+
+
+@pytest.mark.devserver
+async def test_a_worker_refuses_a_namespace_without_the_deals_search_attributes(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    await check_search_attributes(dev_env.client)  # all of them: fine
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=[DEAL_STAGE],
+        port=free_port(),
+    ) as bare:
+        with pytest.raises(ConfigError) as refused:
+            await check_search_attributes(bare.client)
+    message = str(refused.value)
+    assert "lacks the search attributes DealOwner, DealAmount, DealApprovers" in message
+    assert "--name DealApprovers --type KeywordList" in message
+    assert "--name DealStage " not in message

@@ -923,6 +923,7 @@ class DealWorkflow:
         finally:
             self._negotiating = False
             contract.redline_under_review = None
+            self._refresh_search()  # its reviewers are no longer waited for
         self._redline_outcomes.setdefault(number, outcome)
 
     async def _review_redline(
@@ -3361,8 +3362,11 @@ class DealWorkflow:
             # One person gives one approval, never for their own quote.
             gave = {r.approved_by for r in pending.requirements} | {pending.submitted_by}
             approvers += [name for names in eligible for name in names if name not in gave]
-        if state.contract is not None and state.contract.redline_under_review is not None:
-            approvers += state.contract.redline_under_review.waiting_for()
+        redline = state.contract.redline_under_review if state.contract is not None else None
+        if redline is not None:
+            # Likewise for a redline: not its proposer, nor who gave its other approval.
+            gave = {redline.proposed_by, redline.legal_approved_by, redline.finance_approved_by}
+            approvers += [name for name in redline.waiting_for() if name not in gave]
         oldest_due = None  # never invoiced: not set
         if state.invoices:
             open_dues = [
