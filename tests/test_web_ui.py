@@ -17,15 +17,19 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from playwright.async_api import Browser, FrameLocator, Page, async_playwright, expect
 from sqlalchemy import Engine
+from temporalio.api.history.v1 import History
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from l2c.audit import run_histories
+from l2c.codec import ENCODING, EncryptionCodec, Keyring, add_key, data_converter
+from l2c.codec_server import codec_endpoint
 from l2c.config import PROJECT_ROOT, BusinessRules, Settings
 from l2c.drill import free_port
 from l2c.server import start_server, wait_for_port
@@ -59,24 +63,43 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("L2C_UPDATE_SCREENSHOTS") == "1":
+def screenshots(tmp_path_factory: pytest.TempPathFactory, ui_server: "UiServer") -> Path:
+    # The docs show the plain run's; the encrypted run's look the same, decrypted.
+    if os.environ.get("L2C_UPDATE_SCREENSHOTS") == "1" and ui_server.keyring is None:
         folder = PROJECT_ROOT / "docs" / "screenshots"
         folder.mkdir(parents=True, exist_ok=True)
         return folder
     return tmp_path_factory.mktemp("screenshots")
 
 
-@pytest.fixture(scope="module")
-def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+@dataclass
+class UiServer:
+    address: str  # gRPC
+    base: str  # the Web UI
+    keyring: Path | None  # payloads encrypted with it, the UI decrypting through a codec server
+
+
+@pytest.fixture(scope="module", params=["plain", "encrypted"])
+def ui_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[UiServer]:
     """The product's own embedded server (`l2c server`: its flags, its search attributes) with
-    the Web UI on a free port: (gRPC address, UI base URL)."""
+    the Web UI on a free port; encrypted: with `l2c dev`'s codec server, whose CORS lets the
+    UI's page (and only it) decrypt and encrypt through it."""
     data_dir = tmp_path_factory.mktemp("temporal")
     port, ui_port = free_port(), free_port()
-    server = start_server(data_dir, port, ui_port)
+    keyring, codec = None, None
+    if request.param == "encrypted":
+        keyring = data_dir / "codec-keyring.toml"
+        add_key(keyring)
+        codec = codec_endpoint(0, EncryptionCodec(Keyring.load(keyring)),
+                               [f"http://127.0.0.1:{ui_port}"])  # fmt: skip
+        codec.start()
+    endpoint = f"http://127.0.0.1:{codec.port}" if codec else None
+    server = start_server(data_dir, port, ui_port, codec_endpoint=endpoint)
     try:
         wait_for_port("127.0.0.1", ui_port, server, timeout=60)
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}"
+        yield UiServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", keyring)
     finally:
         server.terminate()
         try:
@@ -84,11 +107,13 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        if codec is not None:
+            codec.stop()
 
 
 @pytest.fixture(scope="module")
-async def ui_client(ui_server: tuple[str, str]) -> Client:
-    return await Client.connect(ui_server[0], data_converter=pydantic_data_converter)
+async def ui_client(ui_server: UiServer) -> Client:
+    return await Client.connect(ui_server.address, data_converter=data_converter(ui_server.keyring))
 
 
 @pytest.fixture
@@ -142,7 +167,7 @@ async def run_state_query(page: Page) -> str:
 
 async def test_ops_approve_a_discount_from_the_web_ui(
     chromium: str,
-    ui_server: tuple[str, str],
+    ui_server: UiServer,
     ui_client: Client,
     browser: Browser,
     sqlite_ledger: Engine,
@@ -151,7 +176,7 @@ async def test_ops_approve_a_discount_from_the_web_ui(
     screenshots: Path,
     tmp_path: Path,
 ) -> None:
-    base = ui_server[1]
+    base = ui_server.base
     async with own_worker(ui_client, sqlite_ledger, rules, settings):
         suffix = uuid.uuid4().hex[:6]
         waiting = await start(ui_client, settings.task_queue, lead_id=f"L-UI-{suffix}")
@@ -252,3 +277,13 @@ async def test_ops_approve_a_discount_from_the_web_ui(
         assert [e.actor for e in approvals] == ["mia.manager"]
         described = await waiting.describe()
         assert described.typed_search_attributes.get(DEAL_STAGE) == "awaiting_signature"
+        if ui_server.keyring is not None:
+            # The UI read the deal through the codec server, and encrypted what ops typed:
+            # Temporal holds neither the comment nor the company in plain text.
+            stored = b"".join(
+                History(events=events).SerializeToString()
+                for events in await run_histories(ui_client, waiting.id)
+            )
+            assert ENCODING in stored
+            for plain in (APPROVAL["comment"], "Acme Corp"):
+                assert plain.encode() not in stored, plain
