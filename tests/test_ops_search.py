@@ -2,13 +2,17 @@
 approve, how long a deal has been in its stage, and whether an invoice is overdue."""
 
 import asyncio
+import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 from temporalio.common import TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
@@ -45,6 +49,19 @@ async def searchable(handle: Handle) -> TypedSearchAttributes:
     return (await handle.describe()).typed_search_attributes
 
 
+async def current_details(handle: Handle) -> str:
+    """What the Web UI shows as the deal's current details (the SDK's metadata query)."""
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    return str(metadata.current_details)
+
+
+def pasted(details: str, signal_name: str) -> Any:
+    """The JSON the details offer to paste for `signal_name`."""
+    found = re.search(rf"Signal `{signal_name}`, for example:\n\n```json\n(.*)\n```", details)
+    assert found is not None, details
+    return json.loads(found.group(1))
+
+
 async def to_approval(client: Client, task_queue: str) -> Handle:
     handle = await start(client, task_queue)
     await wait_for_stage(handle, Stage.QUALIFIED)
@@ -65,6 +82,10 @@ async def test_search_attributes_follow_approvers_stage_and_oldest_due_invoice(
     assert found.get(DEAL_STAGE) == "awaiting_approval"
     assert found.get(DEAL_STAGE_SINCE) == state.stage_since is not None
     assert found.get(DEAL_OLDEST_DUE) is None
+    # The Web UI's current details give the JSON to paste for what the deal waits for.
+    assert pasted(await current_details(handle), "approve_discount") == {
+        "approver": state.pending_approval.eligible_approvers[0] if state.pending_approval
+        else None, "comment": "ok"}  # fmt: skip
 
     await signal(handle, "approve_discount", {"approver": "mia.manager", "comment": "ok"})
     state = await wait_for_stage(handle, Stage.AWAITING_SIGNATURE)
@@ -87,9 +108,16 @@ async def test_search_attributes_follow_approvers_stage_and_oldest_due_invoice(
     assert set(kept) == {("lead_sales_ready", ""), ("lead_accepted", ""),
                          ("approval_requested", key), ("approval_given", key)}  # fmt: skip
 
+    assert state.contract is not None
+    assert pasted(await current_details(handle), "sign_contract") == {
+        "signer_name": state.lead.contact_name, "signer_email": state.lead.contact_email,
+        "document_sha256": state.contract.document_sha256}  # fmt: skip
     await sign(handle, state)
     state = await wait_until(handle, lambda s: s.stage == Stage.ACTIVE and len(s.invoices) >= 1)
     first = state.invoices[0]
+    assert pasted(await current_details(handle), "record_payment") == {
+        "invoice_number": first.number, "amount": str(first.balance),
+        "reference": "<the bank's reference>"}  # fmt: skip
     assert (await searchable(handle)).get(DEAL_OLDEST_DUE) == first.due_at
     await pay_in_full(handle, first)
     state = await wait_until(handle, lambda s: s.invoices[0].status == "paid")

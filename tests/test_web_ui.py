@@ -253,6 +253,12 @@ async def test_ops_approve_a_discount_from_the_web_ui(
                 re.compile(r"Waiting for: the customer.s signature")
             )
             await reloading(page, lambda: expect(signature).to_be_visible(timeout=3_000))
+            # ...with the signature's JSON to paste, the sent contract's hash in it.
+            sent = (await state_of(waiting)).contract
+            assert sent is not None
+            await expect(
+                current_details(page).get_by_text(f'"document_sha256": "{sent.document_sha256}"')
+            ).to_be_visible()
             await page.screenshot(path=screenshots / "4-deal-after-approval.png")
             state_text = await run_state_query(page)
             assert '"stage": "awaiting_signature"' in state_text

@@ -6,6 +6,7 @@ only validate what a person sent and hand it to the waiting stage, recording eve
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -3315,12 +3316,20 @@ class DealWorkflow:
         waiting = _WAITING_FOR.get(state.stage)
         if waiting:
             lines.append(f"Waiting for: {waiting}")
+        if state.stage == Stage.QUALIFIED and state.owner:
+            lines.append(_paste("submit_quote", {
+                "submitted_by": state.owner, "lines": [{"sku": "PLATFORM", "quantity": 10}],
+                "discount_percent": "0", "term_months": 12, "billing_period": "monthly"}))  # fmt: skip
         if state.pending_approval is not None:
             pending = state.pending_approval
             lines.append(
                 f"Needs `{pending.required_role}` approval of {pending.discount_percent}%: "
                 f"{', '.join(pending.eligible_approvers)} (signal `approve_discount`)"
             )
+            approver = next(
+                (name for name in pending.eligible_approvers if name != pending.submitted_by), ""
+            )
+            lines.append(_paste("approve_discount", {"approver": approver, "comment": "ok"}))
         if state.stage == Stage.AWAITING_SIGNATURE and state.contract is not None:
             lines.append(
                 f"Contract sha256 `{state.contract.document_sha256}` (signal `sign_contract`)"
@@ -3332,6 +3341,18 @@ class DealWorkflow:
                     f"{', '.join(redline.waiting_for())} (signal `approve_terms` / "
                     f"`reject_terms`), due {redline.due_at}"
                 )
+                reviewer = next(iter(redline.waiting_for()), "")
+                lines.append(_paste("approve_terms", {"approver": reviewer, "comment": "ok"}))
+            else:
+                lines.append(_paste("sign_contract", {
+                    "signer_name": state.lead.contact_name,
+                    "signer_email": state.lead.contact_email,
+                    "document_sha256": state.contract.document_sha256}))  # fmt: skip
+        oldest_open = next((i for i in state.invoices if i.status == "open"), None)
+        if oldest_open is not None:
+            lines.append(_paste("record_payment", {
+                "invoice_number": oldest_open.number, "amount": str(oldest_open.balance),
+                "reference": "<the bank's reference>"}))  # fmt: skip
         if state.invoices:
             lines.append(
                 f"Invoices: {len(state.invoices)}, balance due {state.balance_due} {state.lead.currency}"
@@ -3389,6 +3410,11 @@ class DealWorkflow:
                 updates.append(key.value_set(value))
         if updates:
             workflow.upsert_search_attributes(updates)
+
+
+def _paste(signal: str, payload: dict[str, Any]) -> str:
+    """A signal's JSON for this deal as it stands, to paste into the Web UI's Send a Signal."""
+    return f"Signal `{signal}`, for example:\n\n```json\n{json.dumps(payload)}\n```"
 
 
 _WAITING_FOR = {
