@@ -150,6 +150,12 @@ class RedlineUnderReview(BaseModel):
         finance = self.finance_approvers if self.finance_approved_by is None else []
         return list(dict.fromkeys([*legal, *finance]))
 
+    def deciders(self) -> list[str]:
+        """Who may still decide on it: those waited for, less its proposer and whoever gave one
+        of its approvals already (one person gives one approval)."""
+        gave = {self.proposed_by, self.legal_approved_by, self.finance_approved_by}
+        return [name for name in self.waiting_for() if name not in gave]
+
     def approved(self) -> bool:
         return (not self.risks or self.legal_approved_by is not None) and (
             self.finance_role is None or self.finance_approved_by is not None

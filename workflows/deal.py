@@ -3326,9 +3326,7 @@ class DealWorkflow:
                 f"Needs `{pending.required_role}` approval of {pending.discount_percent}%: "
                 f"{', '.join(pending.eligible_approvers)} (signal `approve_discount`)"
             )
-            approver = next(
-                (name for name in pending.eligible_approvers if name != pending.submitted_by), ""
-            )
+            approver = next(iter(_still_to_approve(pending)), "")
             lines.append(_paste("approve_discount", {"approver": approver, "comment": "ok"}))
         if state.stage == Stage.AWAITING_SIGNATURE and state.contract is not None:
             lines.append(
@@ -3341,7 +3339,7 @@ class DealWorkflow:
                     f"{', '.join(redline.waiting_for())} (signal `approve_terms` / "
                     f"`reject_terms`), due {redline.due_at}"
                 )
-                reviewer = next(iter(redline.waiting_for()), "")
+                reviewer = next(iter(redline.deciders()), "")
                 lines.append(_paste("approve_terms", {"approver": reviewer, "comment": "ok"}))
             else:
                 lines.append(_paste("sign_contract", {
@@ -3376,18 +3374,10 @@ class DealWorkflow:
         approvers: list[str] = []
         pending = state.pending_approval
         if state.stage == Stage.AWAITING_APPROVAL and pending is not None:
-            # Deals from before the approval matrix have no requirements: one approval.
-            eligible = [pending.eligible_approvers]
-            if pending.requirements:
-                eligible = [r.eligible_approvers for r in pending.requirements if not r.approved_by]
-            # One person gives one approval, never for their own quote.
-            gave = {r.approved_by for r in pending.requirements} | {pending.submitted_by}
-            approvers += [name for names in eligible for name in names if name not in gave]
+            approvers += _still_to_approve(pending)
         redline = state.contract.redline_under_review if state.contract is not None else None
         if redline is not None:
-            # Likewise for a redline: not its proposer, nor who gave its other approval.
-            gave = {redline.proposed_by, redline.legal_approved_by, redline.finance_approved_by}
-            approvers += [name for name in redline.waiting_for() if name not in gave]
+            approvers += redline.deciders()
         oldest_due = None  # never invoiced: not set
         if state.invoices:
             open_dues = [
@@ -3410,6 +3400,16 @@ class DealWorkflow:
                 updates.append(key.value_set(value))
         if updates:
             workflow.upsert_search_attributes(updates)
+
+
+def _still_to_approve(pending: PendingApproval) -> list[str]:
+    """Who may still give one of the pending quote's approvals: one person gives one approval,
+    never for their own quote (deals from before the approval matrix have a single one)."""
+    eligible = [pending.eligible_approvers]
+    if pending.requirements:
+        eligible = [r.eligible_approvers for r in pending.requirements if not r.approved_by]
+    gave = {r.approved_by for r in pending.requirements} | {pending.submitted_by}
+    return [name for names in eligible for name in dict.fromkeys(names) if name not in gave]
 
 
 def _paste(signal: str, payload: dict[str, Any]) -> str:
