@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +17,6 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -34,14 +32,12 @@ from l2c.audit_report import (
 )
 from l2c.config import BusinessRules, Settings, load_business_rules
 from l2c.documents import sha256_hex
-from l2c.drill import drill_config, free_port
+from l2c.drill import drill_config
 from l2c.runtime import build_worker
 from models.deal import Stage
 from models.documents import Allocation, ApprovalRequirement, PaymentRecord
 from models.ledger import InvoiceRecord, PaymentRecordRow
-from models.search import ALL_KEYS
 from models.state import DealEvent, DealState, InvoiceView
-from tests.conftest import BIN
 from tests.helpers import (
     Handle,
     advance_until,
@@ -369,18 +365,6 @@ class DealWorkflowOfOtherCode:
     async def run(self, lead: dict[str, Any]) -> str:
         await asyncio.sleep(0.1)  # a timer the real deal never starts
         return f"done {lead['lead_id']}"
-
-
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(BIN / "temporal"),
-        search_attributes=ALL_KEYS,
-        port=free_port(),
-    )
-    async with env:
-        yield env
 
 
 async def closed(client: Client, query: str, runs: int) -> None:
