@@ -9,7 +9,7 @@ from l2c.config import PROJECT_ROOT
 
 _templates = Environment(
     loader=FileSystemLoader(PROJECT_ROOT / "templates"),
-    autoescape=select_autoescape(["html", "j2.html", "html.j2"]),  # .html.j2: the audit report
+    autoescape=select_autoescape(["html", "j2.html", "html.j2"]),  # .html.j2: the reports
     undefined=StrictUndefined,  # a missing value is an error, never a blank in a contract
     keep_trailing_newline=True,
 )

@@ -8,10 +8,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from l2c.config import PROJECT_ROOT
+from l2c.documents import render
 from l2c.kpi import DURATION_KPIS, NAMES, KpiReport, format_basis, format_value
 
 if TYPE_CHECKING:
@@ -20,15 +19,6 @@ if TYPE_CHECKING:
 TEMPLATE = "kpi_report.html.j2"
 COLORS = {"contracted": "#4c72b0", "billed": "#55a868", "collected": "#2a9d8f",
           "credited": "#e9c46a", "written_off": "#c44e52", "still_open": "#b0b0b0"}  # fmt: skip
-
-# Its own environment: the documents' one autoescapes .html names only, and this is .html.j2.
-_templates = Environment(
-    loader=FileSystemLoader(PROJECT_ROOT / "templates"),
-    autoescape=True,
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-)
-_templates.globals.update(format_value=format_value, format_basis=format_basis)
 
 
 def _figure(width: float, height: float) -> "Figure":
@@ -160,7 +150,10 @@ def receivables_chart(report: KpiReport) -> Markup:
 
 
 def render_html(report: KpiReport) -> str:
-    return _templates.get_template(TEMPLATE).render(
+    return render(
+        TEMPLATE,
+        format_value=format_value,
+        format_basis=format_basis,
         report=report,
         funnel_svg=funnel_chart(report),
         cycle_svg=cycle_chart(report),
